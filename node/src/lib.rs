@@ -1,0 +1,5 @@
+//! shardflow-node: a cluster node.
+//!
+//! Owns the mutual-TLS QUIC transport, the Raft groups (one openraft instance
+//! per group, all sharing one endpoint), the metadata and data state machines
+//! and the routing table. Built in the node issue; see ARCHITECTURE.md.

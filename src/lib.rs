@@ -1,0 +1,2 @@
+//! shardflow: durable, journaled migrations inside a live multi-Raft cluster.
+pub use shardflow_workflow as workflow;

@@ -1,0 +1,1 @@
+//! shardflow-store: everything on disk, in redb.

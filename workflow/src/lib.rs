@@ -1,0 +1,1 @@
+//! shardflow-workflow: the durable workflow engine.
