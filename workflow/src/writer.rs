@@ -1,0 +1,255 @@
+//! The single writer of one instance's journal while it is driven.
+//!
+//! It holds the instance's durable state and chain head, stages decided
+//! events, and flushes them (with whatever must be durable now) in one
+//! atomic, durable append. Only after an append succeeds does it fold the
+//! events into its state and publish them, so nothing is ever reported that
+//! the journal does not hold.
+//!
+//! **Invariants:** every event is checked against the replay rules before it
+//! is sealed (the engine never journals an event its own replay would
+//! refuse); appends name the expected seq; on a seq conflict the writer
+//! reloads, and stops with `Superseded` if a newer driver epoch appeared.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{broadcast, watch};
+
+use crate::envelope::{genesis_hash, Envelope, EnvelopeV1, Hash, SealedEvent, ENGINE_VERSION};
+use crate::error::EngineError;
+use crate::event::Event;
+use crate::id::WorkflowId;
+use crate::journal::{Journal, JournalError};
+use crate::state::WorkflowState;
+use crate::status::{Live, Progress, WorkflowStatus};
+use crate::verify::verify;
+
+/// How many times an append is rebased onto a reloaded journal after a seq
+/// conflict before giving up.
+const MAX_REBASES: u32 = 3;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+/// Owns an instance's journal tail while one driver acts on it.
+pub struct InstanceWriter {
+    journal: Arc<dyn Journal>,
+    node: u64,
+    state: WorkflowState,
+    head: Hash,
+    pending: Vec<Event>,
+    live: watch::Sender<Live>,
+    progress: broadcast::Sender<Progress>,
+}
+
+impl InstanceWriter {
+    /// A writer over an instance whose durable state and head are known.
+    pub(crate) fn new(
+        journal: Arc<dyn Journal>,
+        node: u64,
+        state: WorkflowState,
+        head: Hash,
+        live: watch::Sender<Live>,
+        progress: broadcast::Sender<Progress>,
+    ) -> Self {
+        Self {
+            journal,
+            node,
+            state,
+            head,
+            pending: Vec::new(),
+            live,
+            progress,
+        }
+    }
+
+    /// Creates an instance: journals `submitted` and the first driver epoch
+    /// in one atomic append.
+    pub(crate) async fn create(
+        journal: Arc<dyn Journal>,
+        node: u64,
+        id: WorkflowId,
+        submitted: Event,
+        live: watch::Sender<Live>,
+        progress: broadcast::Sender<Progress>,
+    ) -> Result<Self, EngineError> {
+        let definition_version = match &submitted {
+            Event::Submitted {
+                definition_version, ..
+            } => *definition_version,
+            _ => 0,
+        };
+        let first = SealedEvent::seal(Envelope::V1(EnvelopeV1 {
+            seq: 0,
+            at_ms: now_ms(),
+            node,
+            engine_version: ENGINE_VERSION,
+            definition_version,
+            prev_hash: genesis_hash(id),
+            body: submitted,
+        }));
+        let state = WorkflowState::from_first(id, &first.envelope)
+            .map_err(|source| EngineError::Replay { id, source })?;
+        let mut writer = Self::new(journal, node, state, first.hash, live, progress);
+        writer.pending.push(Event::DriverStarted { epoch: 1 });
+        let (mut sealed, next_state) = writer.seal()?;
+        sealed.insert(0, first);
+        writer.journal.append(id, 0, sealed.clone()).await?;
+        writer.commit(sealed, next_state);
+        Ok(writer)
+    }
+
+    /// A writer over an existing instance, from its verified events.
+    pub(crate) fn open(
+        journal: Arc<dyn Journal>,
+        node: u64,
+        id: WorkflowId,
+        events: Vec<SealedEvent>,
+        live: watch::Sender<Live>,
+        progress: broadcast::Sender<Progress>,
+    ) -> Result<Self, EngineError> {
+        let head = events
+            .last()
+            .map(|e| e.hash)
+            .ok_or(JournalError::UnknownInstance(id))?;
+        let records = events.into_iter().map(|e| (e.seq(), e.bytes)).collect();
+        let verified = verify(id, records, Some(head)).map_err(JournalError::from)?;
+        Ok(Self::new(
+            journal,
+            node,
+            verified.state,
+            head,
+            live,
+            progress,
+        ))
+    }
+
+    /// The durable state.
+    pub fn state(&self) -> &WorkflowState {
+        &self.state
+    }
+
+    /// The durable state with the staged events folded in.
+    pub(crate) fn projected(&self) -> Result<WorkflowState, EngineError> {
+        let mut projected = self.state.clone();
+        for (seq, event) in (self.state.next_seq..).zip(&self.pending) {
+            let envelope = self.envelope(seq, [0; 32], event.clone());
+            projected
+                .apply(&envelope)
+                .map_err(|source| EngineError::Replay {
+                    id: self.state.id,
+                    source,
+                })?;
+        }
+        Ok(projected)
+    }
+
+    /// Stages events to be journaled with the next flush.
+    pub(crate) fn stage(&mut self, events: Vec<Event>) {
+        self.pending.extend(events);
+    }
+
+    /// Journals the staged events and `more`, atomically and durably.
+    pub(crate) async fn flush(&mut self, more: Vec<Event>) -> Result<(), EngineError> {
+        self.pending.extend(more);
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut rebases = 0;
+        loop {
+            let (sealed, next_state) = self.seal()?;
+            let expected = self.state.next_seq;
+            match self
+                .journal
+                .append(self.state.id, expected, sealed.clone())
+                .await
+            {
+                Ok(()) => {
+                    self.commit(sealed, next_state);
+                    return Ok(());
+                }
+                Err(JournalError::SeqConflict { .. }) if rebases < MAX_REBASES => {
+                    rebases += 1;
+                    self.reload().await?;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    fn envelope(&self, seq: u64, prev_hash: Hash, body: Event) -> Envelope {
+        Envelope::V1(EnvelopeV1 {
+            seq,
+            at_ms: now_ms(),
+            node: self.node,
+            engine_version: ENGINE_VERSION,
+            definition_version: self.state.definition_version,
+            prev_hash,
+            body,
+        })
+    }
+
+    fn seal(&self) -> Result<(Vec<SealedEvent>, WorkflowState), EngineError> {
+        let mut state = self.state.clone();
+        let mut prev_hash = self.head;
+        let mut sealed = Vec::with_capacity(self.pending.len());
+        for event in &self.pending {
+            let envelope = self.envelope(state.next_seq, prev_hash, event.clone());
+            state
+                .apply(&envelope)
+                .map_err(|source| EngineError::Replay {
+                    id: self.state.id,
+                    source,
+                })?;
+            let event = SealedEvent::seal(envelope);
+            prev_hash = event.hash;
+            sealed.push(event);
+        }
+        Ok((sealed, state))
+    }
+
+    fn commit(&mut self, sealed: Vec<SealedEvent>, next_state: WorkflowState) {
+        self.pending.clear();
+        self.state = next_state;
+        if let Some(last) = sealed.last() {
+            self.head = last.hash;
+        }
+        for event in sealed {
+            let envelope = event.envelope.current();
+            let _no_subscriber_is_fine = self.progress.send(Progress {
+                id: self.state.id,
+                seq: envelope.seq,
+                at_ms: envelope.at_ms,
+                event: envelope.body.clone(),
+            });
+        }
+        self.live.send_replace(Live {
+            status: WorkflowStatus::from(&self.state),
+            driver_error: None,
+        });
+    }
+
+    /// Re-reads the journal after another writer appended; refuses to go on
+    /// if that writer was a newer driver.
+    async fn reload(&mut self) -> Result<(), EngineError> {
+        let id = self.state.id;
+        let events = self.journal.read(id).await?;
+        let records = events.into_iter().map(|e| (e.seq(), e.bytes)).collect();
+        let verified = verify(id, records, None).map_err(JournalError::from)?;
+        if verified.state.epoch != self.state.epoch {
+            return Err(EngineError::Superseded {
+                id,
+                ours: self.state.epoch,
+                newer: verified.state.epoch,
+            });
+        }
+        self.head = verified.events.last().map_or(self.head, |e| e.hash);
+        self.state = verified.state;
+        Ok(())
+    }
+}
