@@ -1,0 +1,386 @@
+//! The durable workflow journal, in one redb file.
+//!
+//! Tables: `journal_meta` (format header), `journal_events` keyed by
+//! `(node, serial, seq)` holding each event's exact encoded bytes, and
+//! `journal_instances` keyed by `(node, serial)` holding an
+//! [`InstanceRecord`] (summary and chain head).
+//!
+//! **Invariants:**
+//! - One append = one redb write transaction committed with
+//!   `Durability::Immediate` (fsync): all its events and the instance row
+//!   land together or not at all.
+//! - An append is checked (expected seq, hash chain, event cap) inside the
+//!   same transaction that writes it, so two writers cannot both succeed.
+//! - A file that is not a shardflow journal, a journal of a newer format, or
+//!   an instance whose events do not verify is refused with a typed error
+//!   naming the path, or the instance and seq. Nothing is skipped silently.
+//!
+//! redb calls block, so the async `Journal` methods run them on tokio's
+//! blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use shardflow_workflow::memory::check_append;
+use shardflow_workflow::verify::{verify, Verified};
+use shardflow_workflow::{InstanceSummary, Journal, JournalError, SealedEvent, WorkflowId};
+
+use crate::instance_record::{InstanceRecord, InstanceRecordV1};
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("journal_meta");
+const EVENTS: TableDefinition<(u64, u64, u64), &[u8]> = TableDefinition::new("journal_events");
+const INSTANCES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("journal_instances");
+
+const FORMAT_KEY: &str = "format";
+const FORMAT_MAGIC: &[u8] = b"shardflow-journal";
+/// The journal file format this build writes and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// How a journal is opened.
+#[derive(Clone, Debug)]
+pub struct JournalOptions {
+    /// The most events one instance may hold.
+    pub max_events: u64,
+    /// Verify every instance's hash chain and replay rules when opening.
+    pub verify_on_open: bool,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        Self {
+            max_events: 100_000,
+            verify_on_open: true,
+        }
+    }
+}
+
+/// The redb-backed journal. Cheap to clone.
+#[derive(Clone)]
+pub struct RedbJournal {
+    db: Arc<Database>,
+    path: Arc<PathBuf>,
+    max_events: u64,
+}
+
+fn storage(doing: impl Into<String>) -> impl FnOnce(redb::Error) -> JournalError {
+    let doing = doing.into();
+    move |error| JournalError::Storage {
+        doing,
+        source: Box::new(error),
+    }
+}
+
+fn corrupt_row(id: WorkflowId, reason: String) -> JournalError {
+    JournalError::Corrupt(shardflow_workflow::VerifyError {
+        id,
+        seq: 0,
+        problem: shardflow_workflow::Problem::Undecodable(format!("instance row: {reason}")),
+    })
+}
+
+impl RedbJournal {
+    /// Opens (or creates) the journal at `path` with default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, JournalError> {
+        Self::open_with(path, JournalOptions::default())
+    }
+
+    /// Opens (or creates) the journal at `path`.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        options: JournalOptions,
+    ) -> Result<Self, JournalError> {
+        let path = path.as_ref().to_path_buf();
+        let not_a_journal = |reason: String| JournalError::NotAJournal {
+            path: path.display().to_string(),
+            reason,
+        };
+        let db = Database::create(&path).map_err(|error| not_a_journal(error.to_string()))?;
+        let journal = Self {
+            db: Arc::new(db),
+            path: Arc::new(path),
+            max_events: options.max_events,
+        };
+        journal.check_format()?;
+        if options.verify_on_open {
+            journal.verify_all()?;
+        }
+        Ok(journal)
+    }
+
+    /// The file this journal lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Checks the format header, writing it into a new, empty file.
+    fn check_format(&self) -> Result<(), JournalError> {
+        let path = self.path.display().to_string();
+        let read = self
+            .db
+            .begin_read()
+            .map_err(|e| storage("reading the header")(e.into()))?;
+        let tables: Vec<String> = read
+            .list_tables()
+            .map_err(|e| storage("listing tables")(e.into()))?
+            .map(|t| t.name().to_string())
+            .collect();
+        if tables.is_empty() {
+            drop(read);
+            return self.write_format();
+        }
+        if !tables.iter().any(|t| t == META.name()) {
+            let reason = format!("it holds tables {tables:?} but no journal header");
+            return Err(JournalError::NotAJournal { path, reason });
+        }
+        let meta = read
+            .open_table(META)
+            .map_err(|e| storage("opening the header")(e.into()))?;
+        let header = meta
+            .get(FORMAT_KEY)
+            .map_err(|e| storage("reading the header")(e.into()))?;
+        let Some(header) = header else {
+            let reason = "the journal header is missing".to_string();
+            return Err(JournalError::NotAJournal { path, reason });
+        };
+        let bytes = header.value();
+        let version = bytes
+            .strip_prefix(FORMAT_MAGIC)
+            .and_then(|v| <[u8; 4]>::try_from(v).ok())
+            .map(u32::from_le_bytes)
+            .ok_or_else(|| JournalError::NotAJournal {
+                path: path.clone(),
+                reason: "the journal header has the wrong magic".into(),
+            })?;
+        if version > FORMAT_VERSION {
+            return Err(JournalError::NewerFormat {
+                path,
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        Ok(())
+    }
+
+    fn write_format(&self) -> Result<(), JournalError> {
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| storage("creating the journal")(e.into()))?;
+        {
+            let mut meta = txn
+                .open_table(META)
+                .map_err(|e| storage("creating the header")(e.into()))?;
+            let mut header = FORMAT_MAGIC.to_vec();
+            header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+            meta.insert(FORMAT_KEY, header.as_slice())
+                .map_err(|e| storage("writing the header")(e.into()))?;
+            txn.open_table(EVENTS)
+                .map_err(|e| storage("creating tables")(e.into()))?;
+            txn.open_table(INSTANCES)
+                .map_err(|e| storage("creating tables")(e.into()))?;
+        }
+        txn.commit()
+            .map_err(|e| storage("creating the journal")(e.into()))
+    }
+
+    /// Verifies every instance; the first bad event is the error.
+    pub fn verify_all(&self) -> Result<Vec<Verified>, JournalError> {
+        let ids: Vec<WorkflowId> = self.list_sync(true)?.into_iter().map(|s| s.id).collect();
+        ids.into_iter().map(|id| self.verified(id)).collect()
+    }
+
+    /// Reads and verifies one instance.
+    pub fn verified(&self, id: WorkflowId) -> Result<Verified, JournalError> {
+        let read = self
+            .db
+            .begin_read()
+            .map_err(|e| storage("reading an instance")(e.into()))?;
+        let instances = read
+            .open_table(INSTANCES)
+            .map_err(|e| storage("opening instances")(e.into()))?;
+        let row = instances
+            .get((id.node, id.serial))
+            .map_err(|e| storage("reading an instance row")(e.into()))?
+            .ok_or(JournalError::UnknownInstance(id))?;
+        let record = InstanceRecord::decode(row.value()).map_err(|r| corrupt_row(id, r))?;
+        let events = read
+            .open_table(EVENTS)
+            .map_err(|e| storage("opening events")(e.into()))?;
+        let range = events
+            .range((id.node, id.serial, 0)..=(id.node, id.serial, u64::MAX))
+            .map_err(|e| storage("reading events")(e.into()))?;
+        let mut records = Vec::with_capacity(record.next_seq as usize);
+        for entry in range {
+            let (key, value) = entry.map_err(|e| storage("reading an event")(e.into()))?;
+            records.push((key.value().2, value.value().to_vec()));
+        }
+        Ok(verify(id, records, Some(record.head))?)
+    }
+
+    fn append_sync(
+        &self,
+        id: WorkflowId,
+        expected: u64,
+        batch: Vec<SealedEvent>,
+    ) -> Result<(), JournalError> {
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| storage("starting an append")(e.into()))?;
+        {
+            let mut instances = txn
+                .open_table(INSTANCES)
+                .map_err(|e| storage("opening instances")(e.into()))?;
+            let mut events = txn
+                .open_table(EVENTS)
+                .map_err(|e| storage("opening events")(e.into()))?;
+            let key = (id.node, id.serial);
+            let existing = instances
+                .get(key)
+                .map_err(|e| storage("reading an instance row")(e.into()))?
+                .map(|row| row.value().to_vec());
+            let record = match existing {
+                Some(row) => Some(InstanceRecord::decode(&row).map_err(|r| corrupt_row(id, r))?),
+                None => None,
+            };
+            let head = record.as_ref().map(|r| r.head);
+            let next = record.as_ref().map_or(0, |r| r.next_seq);
+            check_append(id, expected, next, head, &batch, self.max_events)?;
+            let first_at = batch.first().map_or(0, |e| e.envelope.current().at_ms);
+            let mut record = record.unwrap_or_else(|| InstanceRecordV1::empty(first_at));
+            for event in &batch {
+                events
+                    .insert((id.node, id.serial, event.seq()), event.bytes.as_slice())
+                    .map_err(|e| storage("writing an event")(e.into()))?;
+                record.absorb(event);
+            }
+            let row = InstanceRecord::V1(record).encode();
+            instances
+                .insert(key, row.as_slice())
+                .map_err(|e| storage("writing an instance row")(e.into()))?;
+        }
+        txn.commit()
+            .map_err(|e| storage("committing an append")(e.into()))
+    }
+
+    fn list_sync(&self, include_ended: bool) -> Result<Vec<InstanceSummary>, JournalError> {
+        let read = self
+            .db
+            .begin_read()
+            .map_err(|e| storage("listing instances")(e.into()))?;
+        let instances = read
+            .open_table(INSTANCES)
+            .map_err(|e| storage("opening instances")(e.into()))?;
+        let mut summaries = Vec::new();
+        for entry in instances
+            .iter()
+            .map_err(|e| storage("listing instances")(e.into()))?
+        {
+            let (key, value) = entry.map_err(|e| storage("listing instances")(e.into()))?;
+            let (node, serial) = key.value();
+            let id = WorkflowId::new(node, serial);
+            let record = InstanceRecord::decode(value.value()).map_err(|r| corrupt_row(id, r))?;
+            if include_ended || !record.ended {
+                summaries.push(record.summary(id));
+            }
+        }
+        Ok(summaries)
+    }
+
+    fn max_serial_sync(&self, node: u64) -> Result<u64, JournalError> {
+        let read = self
+            .db
+            .begin_read()
+            .map_err(|e| storage("reading serials")(e.into()))?;
+        let instances = read
+            .open_table(INSTANCES)
+            .map_err(|e| storage("opening instances")(e.into()))?;
+        let last = instances
+            .range((node, 0)..=(node, u64::MAX))
+            .map_err(|e| storage("reading serials")(e.into()))?
+            .next_back()
+            .transpose()
+            .map_err(|e| storage("reading serials")(e.into()))?;
+        Ok(last.map_or(0, |(key, _)| key.value().1))
+    }
+
+    fn prune_sync(&self, before_ms: u64) -> Result<u64, JournalError> {
+        let doomed: Vec<WorkflowId> = self
+            .list_sync(true)?
+            .into_iter()
+            .filter(|s| s.ended && s.updated_at_ms < before_ms)
+            .map(|s| s.id)
+            .collect();
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| storage("pruning")(e.into()))?;
+        {
+            let mut instances = txn
+                .open_table(INSTANCES)
+                .map_err(|e| storage("pruning")(e.into()))?;
+            let mut events = txn
+                .open_table(EVENTS)
+                .map_err(|e| storage("pruning")(e.into()))?;
+            for id in &doomed {
+                instances
+                    .remove((id.node, id.serial))
+                    .map_err(|e| storage("pruning")(e.into()))?;
+                events
+                    .retain_in(
+                        (id.node, id.serial, 0)..=(id.node, id.serial, u64::MAX),
+                        |_, _| false,
+                    )
+                    .map_err(|e| storage("pruning")(e.into()))?;
+            }
+        }
+        txn.commit()
+            .map_err(|e| storage("committing a prune")(e.into()))?;
+        Ok(doomed.len() as u64)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(RedbJournal) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        let journal = self.clone();
+        tokio::task::spawn_blocking(move || work(journal))
+            .await
+            .map_err(|error| JournalError::Storage {
+                doing: "running a journal operation".into(),
+                source: Box::new(error),
+            })?
+    }
+}
+
+#[async_trait]
+impl Journal for RedbJournal {
+    async fn append(
+        &self,
+        id: WorkflowId,
+        expected: u64,
+        events: Vec<SealedEvent>,
+    ) -> Result<(), JournalError> {
+        self.blocking(move |j| j.append_sync(id, expected, events))
+            .await
+    }
+
+    async fn read(&self, id: WorkflowId) -> Result<Vec<SealedEvent>, JournalError> {
+        self.blocking(move |j| j.verified(id).map(|v| v.events))
+            .await
+    }
+
+    async fn list(&self, include_ended: bool) -> Result<Vec<InstanceSummary>, JournalError> {
+        self.blocking(move |j| j.list_sync(include_ended)).await
+    }
+
+    async fn max_serial(&self, node: u64) -> Result<u64, JournalError> {
+        self.blocking(move |j| j.max_serial_sync(node)).await
+    }
+
+    async fn prune_ended(&self, before_ms: u64) -> Result<u64, JournalError> {
+        self.blocking(move |j| j.prune_sync(before_ms)).await
+    }
+}
