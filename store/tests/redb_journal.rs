@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 use shardflow_store::{JournalOptions, RedbJournal};
 use shardflow_workflow::envelope::{genesis_hash, Hash};
 use shardflow_workflow::{

@@ -44,11 +44,14 @@ impl Ledger {
     }
 }
 
+/// (step, attempt, compensation).
+pub type AttemptKey = (String, u32, bool);
+
 /// The shared script and ledger of a test.
 #[derive(Clone, Default)]
 pub struct Script {
     /// outcomes[(step, attempt)]; anything missing is `Ok`.
-    pub outcomes: Arc<Mutex<HashMap<(String, u32, bool), Outcome>>>,
+    pub outcomes: Arc<Mutex<HashMap<AttemptKey, Outcome>>>,
     pub ledger: Arc<Mutex<Ledger>>,
     /// Woken whenever a step attempt starts.
     pub attempt_started: Arc<tokio::sync::Notify>,
