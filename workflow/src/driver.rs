@@ -50,13 +50,14 @@ impl<I: Send + Sync + 'static> Driver<I> {
     /// Runs until the instance is terminal or paused.
     pub(crate) async fn run(mut self) -> Result<Phase, EngineError> {
         loop {
-            let projected = self.writer.lock().await.projected()?;
-            match decide(&self.plan, &projected) {
+            let decision = decide(&self.plan, self.writer.lock().await.state());
+            match decision {
                 Decision::Settled => {
-                    self.writer.lock().await.flush(Vec::new()).await?;
-                    return Ok(projected.phase);
+                    let mut writer = self.writer.lock().await;
+                    writer.flush(Vec::new()).await?;
+                    return Ok(writer.state().phase.clone());
                 }
-                Decision::Append(events) => self.writer.lock().await.stage(events),
+                Decision::Append(events) => self.writer.lock().await.stage(events)?,
                 Decision::Run {
                     index,
                     attempt,
@@ -137,14 +138,12 @@ impl<I: Send + Sync + 'static> Driver<I> {
         let timeout = self.plan.steps[index].retry.attempt_timeout;
         let outcome = run_attempt(step, ctx, compensation, timeout).await;
         let mut writer = self.writer.lock().await;
-        let state = writer.projected()?;
         let events = if compensation {
             compensation_outcome(&self.plan, index, attempt, outcome.map(drop))
         } else {
-            step_outcome(&self.plan, &state, index, attempt, outcome)
+            step_outcome(&self.plan, writer.state(), index, attempt, outcome)
         };
-        writer.stage(events);
-        Ok(())
+        writer.stage(events)
     }
 }
 

@@ -1,10 +1,11 @@
 //! The single writer of one instance's journal while it is driven.
 //!
-//! It holds the instance's durable state and chain head, stages decided
-//! events, and flushes them (with whatever must be durable now) in one
-//! atomic, durable append. Only after an append succeeds does it fold the
-//! events into its state and publish them, so nothing is ever reported that
-//! the journal does not hold.
+//! It holds the instance's state — the fold of its durable events plus the
+//! events staged since the last flush — the durable seq and chain head, and
+//! flushes staged events (with whatever must be durable now) in one atomic,
+//! durable append. Status and progress are published only after an append
+//! succeeds, when nothing is staged, so nothing is ever reported that the
+//! journal does not hold.
 //!
 //! **Invariants:** every event is checked against the replay rules before it
 //! is sealed (the engine never journals an event its own replay would
@@ -40,7 +41,11 @@ pub fn now_ms() -> u64 {
 pub struct InstanceWriter {
     journal: Arc<dyn Journal>,
     node: u64,
+    /// Durable events folded in, then the staged ones.
     state: WorkflowState,
+    /// The seq of the first staged event (= events durable so far).
+    durable_next_seq: u64,
+    /// Hash of the last durable event.
     head: Hash,
     pending: Vec<Event>,
     live: watch::Sender<Live>,
@@ -49,7 +54,7 @@ pub struct InstanceWriter {
 
 impl InstanceWriter {
     /// A writer over an instance whose durable state and head are known.
-    pub(crate) fn new(
+    fn new(
         journal: Arc<dyn Journal>,
         node: u64,
         state: WorkflowState,
@@ -60,6 +65,7 @@ impl InstanceWriter {
         Self {
             journal,
             node,
+            durable_next_seq: state.next_seq,
             state,
             head,
             pending: Vec::new(),
@@ -96,11 +102,12 @@ impl InstanceWriter {
         let state = WorkflowState::from_first(id, &first.envelope)
             .map_err(|source| EngineError::Replay { id, source })?;
         let mut writer = Self::new(journal, node, state, first.hash, live, progress);
-        writer.pending.push(Event::DriverStarted { epoch: 1 });
-        let (mut sealed, next_state) = writer.seal()?;
+        writer.stage(vec![Event::DriverStarted { epoch: 1 }])?;
+        let mut sealed = writer.seal();
         sealed.insert(0, first);
         writer.journal.append(id, 0, sealed.clone()).await?;
-        writer.commit(sealed, next_state);
+        writer.durable_next_seq = 0;
+        writer.commit(sealed);
         Ok(writer)
     }
 
@@ -129,48 +136,45 @@ impl InstanceWriter {
         ))
     }
 
-    /// The durable state.
+    /// The state: durable events and, between a `stage` and the next
+    /// `flush`, the staged ones.
     pub fn state(&self) -> &WorkflowState {
         &self.state
     }
 
-    /// The durable state with the staged events folded in.
-    pub(crate) fn projected(&self) -> Result<WorkflowState, EngineError> {
-        let mut projected = self.state.clone();
-        for (seq, event) in (self.state.next_seq..).zip(&self.pending) {
-            let envelope = self.envelope(seq, [0; 32], event.clone());
-            projected
+    /// Stages events for the next flush, checking each against the replay
+    /// rules now (the engine never journals an event its replay would refuse).
+    pub(crate) fn stage(&mut self, events: Vec<Event>) -> Result<(), EngineError> {
+        for event in events {
+            let envelope = self.envelope(self.state.next_seq, [0; 32], event.clone());
+            self.state
                 .apply(&envelope)
                 .map_err(|source| EngineError::Replay {
                     id: self.state.id,
                     source,
                 })?;
+            self.pending.push(event);
         }
-        Ok(projected)
-    }
-
-    /// Stages events to be journaled with the next flush.
-    pub(crate) fn stage(&mut self, events: Vec<Event>) {
-        self.pending.extend(events);
+        Ok(())
     }
 
     /// Journals the staged events and `more`, atomically and durably.
     pub(crate) async fn flush(&mut self, more: Vec<Event>) -> Result<(), EngineError> {
-        self.pending.extend(more);
+        self.stage(more)?;
         if self.pending.is_empty() {
             return Ok(());
         }
         let mut rebases = 0;
         loop {
-            let (sealed, next_state) = self.seal()?;
-            let expected = self.state.next_seq;
+            let sealed = self.seal();
+            let id = self.state.id;
             match self
                 .journal
-                .append(self.state.id, expected, sealed.clone())
+                .append(id, self.durable_next_seq, sealed.clone())
                 .await
             {
                 Ok(()) => {
-                    self.commit(sealed, next_state);
+                    self.commit(sealed);
                     return Ok(());
                 }
                 Err(JournalError::SeqConflict { .. }) if rebases < MAX_REBASES => {
@@ -194,28 +198,22 @@ impl InstanceWriter {
         })
     }
 
-    fn seal(&self) -> Result<(Vec<SealedEvent>, WorkflowState), EngineError> {
-        let mut state = self.state.clone();
+    /// Seals the staged events onto the durable head.
+    fn seal(&self) -> Vec<SealedEvent> {
         let mut prev_hash = self.head;
         let mut sealed = Vec::with_capacity(self.pending.len());
-        for event in &self.pending {
-            let envelope = self.envelope(state.next_seq, prev_hash, event.clone());
-            state
-                .apply(&envelope)
-                .map_err(|source| EngineError::Replay {
-                    id: self.state.id,
-                    source,
-                })?;
-            let event = SealedEvent::seal(envelope);
+        for (seq, event) in (self.durable_next_seq..).zip(&self.pending) {
+            let event = SealedEvent::seal(self.envelope(seq, prev_hash, event.clone()));
             prev_hash = event.hash;
             sealed.push(event);
         }
-        Ok((sealed, state))
+        sealed
     }
 
-    fn commit(&mut self, sealed: Vec<SealedEvent>, next_state: WorkflowState) {
+    fn commit(&mut self, sealed: Vec<SealedEvent>) {
         self.pending.clear();
-        self.state = next_state;
+        self.durable_next_seq += sealed.len() as u64;
+        debug_assert_eq!(self.durable_next_seq, self.state.next_seq);
         if let Some(last) = sealed.last() {
             self.head = last.hash;
         }
@@ -234,11 +232,13 @@ impl InstanceWriter {
         });
     }
 
-    /// Re-reads the journal after another writer appended; refuses to go on
-    /// if that writer was a newer driver.
+    /// Re-reads the journal after another writer appended and re-stages the
+    /// pending events on it; refuses to go on if that writer was a newer
+    /// driver.
     async fn reload(&mut self) -> Result<(), EngineError> {
         let id = self.state.id;
         let events = self.journal.read(id).await?;
+        let head = events.last().map_or(self.head, |e| e.hash);
         let records = events.into_iter().map(|e| (e.seq(), e.bytes)).collect();
         let verified = verify(id, records, None).map_err(JournalError::from)?;
         if verified.state.epoch != self.state.epoch {
@@ -248,8 +248,10 @@ impl InstanceWriter {
                 newer: verified.state.epoch,
             });
         }
-        self.head = verified.events.last().map_or(self.head, |e| e.hash);
+        self.head = head;
+        self.durable_next_seq = verified.state.next_seq;
         self.state = verified.state;
-        Ok(())
+        let pending = std::mem::take(&mut self.pending);
+        self.stage(pending)
     }
 }
