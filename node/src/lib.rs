@@ -3,3 +3,6 @@
 //! Owns the mutual-TLS QUIC transport, the Raft groups (one openraft instance
 //! per group, all sharing one endpoint), the metadata and data state machines
 //! and the routing table. Built in the node issue; see ARCHITECTURE.md.
+
+pub mod certs;
+pub mod transport;
