@@ -5,4 +5,9 @@
 //! and the routing table. Built in the node issue; see ARCHITECTURE.md.
 
 pub mod certs;
+pub mod command;
+pub mod data;
+pub mod metadata;
+pub mod raft;
 pub mod transport;
+pub mod vshard;

@@ -8,6 +8,8 @@
 //! Raft or QUIC. `shardflow-node` adapts it to openraft's traits.
 
 pub mod instance_record;
+pub mod raft_store;
 pub mod redb_journal;
 
+pub use raft_store::{GroupStore, RaftStore, RaftStoreError};
 pub use redb_journal::{JournalOptions, RedbJournal};

@@ -1,0 +1,383 @@
+//! [`StateMachineStore`]: one group's state machine in redb, for openraft's
+//! storage-v2 (`RaftStateMachine` + `RaftSnapshotBuilder`), plus local reads
+//! of its state for the node's client and admin paths.
+//!
+//! Group 0 runs the metadata state machine, every other group the data
+//! state machine (`crate::metadata`, `crate::data`); both share this store.
+//!
+//! **Invariants:**
+//! - `apply` writes a whole batch of entries, their last-applied log id and
+//!   any membership they carry in one redb transaction, and returns one
+//!   response per entry. It commits with `Durability::None`; why that is
+//!   safe is argued in `shardflow_store::raft_store` (snapshots commit with
+//!   `Durability::Immediate` before the log is purged up to them).
+//! - A snapshot is the group's whole state-machine rows at one consistent
+//!   read, versioned ([`super::records::SnapshotData`]); its metadata is read
+//!   from the same rows, so they always agree.
+//! - `install_snapshot` replaces the state atomically, and refuses data
+//!   whose own last-applied id or membership contradict the metadata.
+//! - Local reads apply the same owner check as writes, but are not
+//!   linearizable on their own: the caller first confirms leadership and
+//!   waits for the read index (`Raft::ensure_linearizable`).
+
+use std::io::Cursor;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
+use shardflow_store::raft_store::{Durability, StateMachineRead, StoredSnapshot};
+use shardflow_store::GroupStore;
+
+use super::apply::{apply_entry, load_metadata, load_vshard};
+use super::error::{blocking, run_blocking, InGroup, RaftStorageError};
+use super::records::{
+    decode, decode_log_id, decode_snapshot_meta, encode, encode_log_id, encode_snapshot_meta,
+    MembershipRecord, SnapshotData, LAST_APPLIED_KEY, MEMBERSHIP_KEY,
+};
+use super::types::{
+    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+use crate::command::{GroupKind, Rejection, Response};
+use crate::data::{check_serving, VShardRecord, VShardState};
+use crate::metadata::MetadataState;
+use crate::vshard::{is_valid, vshard_of};
+
+/// A local read that failed: refused by the owner check, or storage.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error(transparent)]
+    Storage(#[from] RaftStorageError),
+}
+
+/// One group's state machine. Cheap to clone; clones share the store.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    store: GroupStore,
+    kind: GroupKind,
+}
+
+/// Builds snapshots of one group's state machine.
+pub struct SnapshotBuilder {
+    store: GroupStore,
+}
+
+fn decode_membership(
+    group: u64,
+    bytes: Option<&[u8]>,
+) -> Result<StoredMembership, RaftStorageError> {
+    let Some(bytes) = bytes else {
+        return Ok(StoredMembership::default());
+    };
+    let MembershipRecord::V1(stored) = decode("the membership", bytes).in_group(group)?;
+    Ok(stored.into())
+}
+
+fn read_applied_state<R: StateMachineRead>(
+    sm: &R,
+) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
+    let group = sm.group();
+    let last_applied = decode_log_id(sm.meta(LAST_APPLIED_KEY)?.as_deref()).in_group(group)?;
+    let membership = decode_membership(group, sm.meta(MEMBERSHIP_KEY)?.as_deref())?;
+    Ok((last_applied, membership))
+}
+
+/// The last applied id and membership recorded in exported meta rows.
+fn applied_state_in_rows(
+    group: u64,
+    rows: &[(String, Vec<u8>)],
+) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
+    let row = |key: &str| {
+        rows.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_slice())
+    };
+    let last_applied = decode_log_id(row(LAST_APPLIED_KEY)).in_group(group)?;
+    let membership = decode_membership(group, row(MEMBERSHIP_KEY))?;
+    Ok((last_applied, membership))
+}
+
+/// Orders snapshots: one past the last index covered, 0 for none.
+fn position(last: Option<&LogId>) -> u64 {
+    last.map_or(0, |id| id.index.saturating_add(1))
+}
+
+fn snapshot_id(last: Option<&LogId>, data: &[u8]) -> String {
+    let digest = blake3::hash(data).to_hex();
+    let hash = &digest.as_str()[..16];
+    match last {
+        Some(id) => format!(
+            "{}-{}-{}-{hash}",
+            id.leader_id.term, id.leader_id.node_id, id.index
+        ),
+        None => format!("empty-{hash}"),
+    }
+}
+
+fn apply_batch(
+    store: &GroupStore,
+    kind: GroupKind,
+    entries: &[Entry],
+) -> Result<Vec<Response>, RaftStorageError> {
+    let Some(last) = entries.last().map(|e| e.log_id) else {
+        return Ok(Vec::new());
+    };
+    let group = store.group();
+    store.write_state_machine(Durability::None, |sm| {
+        let mut responses = Vec::with_capacity(entries.len());
+        for entry in entries {
+            responses.push(apply_entry(sm, kind, entry)?);
+        }
+        let last_applied = encode_log_id(Some(&last)).in_group(group)?;
+        sm.put_meta(LAST_APPLIED_KEY, &last_applied)?;
+        Ok(responses)
+    })
+}
+
+fn build_snapshot(store: &GroupStore) -> Result<(SnapshotMeta, Vec<u8>), RaftStorageError> {
+    let group = store.group();
+    let export = store.export_state_machine()?;
+    let (last_log_id, last_membership) = applied_state_in_rows(group, &export.meta)?;
+    let data = encode("snapshot data", &SnapshotData::V1(export.into())).in_group(group)?;
+    let meta = SnapshotMeta {
+        snapshot_id: snapshot_id(last_log_id.as_ref(), &data),
+        last_log_id,
+        last_membership,
+    };
+    let stored = StoredSnapshot {
+        position: position(meta.last_log_id.as_ref()),
+        meta: encode_snapshot_meta(&meta).in_group(group)?,
+        data,
+    };
+    store.save_snapshot(&stored)?;
+    Ok((meta, stored.data))
+}
+
+fn install_snapshot(
+    store: &GroupStore,
+    meta: &SnapshotMeta,
+    data: Vec<u8>,
+) -> Result<(), RaftStorageError> {
+    let group = store.group();
+    let SnapshotData::V1(rows) = decode("snapshot data", &data).in_group(group)?;
+    let (last_applied, membership) = applied_state_in_rows(group, &rows.meta)?;
+    if last_applied != meta.last_log_id || membership != meta.last_membership {
+        return Err(RaftStorageError::Inconsistent {
+            group,
+            what: "a received snapshot",
+            reason: format!(
+                "its data holds last applied {last_applied:?} and membership {membership:?}, \
+                 its metadata says {meta}"
+            ),
+        });
+    }
+    let stored = StoredSnapshot {
+        position: position(meta.last_log_id.as_ref()),
+        meta: encode_snapshot_meta(meta).in_group(group)?,
+        data,
+    };
+    Ok(store.install_snapshot(&rows.into(), &stored)?)
+}
+
+fn current_snapshot(
+    store: &GroupStore,
+) -> Result<Option<(SnapshotMeta, Vec<u8>)>, RaftStorageError> {
+    let Some(stored) = store.snapshot()? else {
+        return Ok(None);
+    };
+    let meta = decode_snapshot_meta(&stored.meta).in_group(store.group())?;
+    Ok(Some((meta, stored.data)))
+}
+
+impl StateMachineStore {
+    /// The state machine of the group `store` is bound to: metadata for
+    /// group 0, data for any other.
+    pub fn new(store: GroupStore) -> Self {
+        let kind = GroupKind::of(store.group());
+        Self { store, kind }
+    }
+
+    /// The group this state machine belongs to.
+    pub fn group(&self) -> u64 {
+        self.store.group()
+    }
+
+    /// Which state machine this group runs.
+    pub fn kind(&self) -> GroupKind {
+        self.kind
+    }
+
+    async fn read<T, F>(&self, doing: &'static str, read: F) -> Result<T, RaftStorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&GroupStore) -> Result<T, RaftStorageError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        run_blocking(self.group(), doing, move || read(&store)).await
+    }
+
+    /// The last applied log id and membership.
+    pub async fn applied(&self) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
+        self.read("reading the applied state", |store| {
+            store.read_state_machine(read_applied_state)
+        })
+        .await
+    }
+
+    /// The metadata state (empty before bootstrap; empty on data groups).
+    pub async fn metadata(&self) -> Result<MetadataState, RaftStorageError> {
+        self.read("reading the metadata", |store| {
+            store.read_state_machine(load_metadata)
+        })
+        .await
+    }
+
+    /// The state of one vShard in this group.
+    pub async fn vshard_state(&self, vshard: u16) -> Result<Option<VShardState>, RaftStorageError> {
+        self.read("reading a vShard state", move |store| {
+            store.read_state_machine(|sm| load_vshard(sm, vshard))
+        })
+        .await
+    }
+
+    /// Every vShard this group holds a state for.
+    pub async fn vshard_states(&self) -> Result<Vec<(u16, VShardState)>, RaftStorageError> {
+        self.read("listing vShard states", |store| {
+            let group = store.group();
+            let rows = store.read_state_machine(|sm| Ok::<_, RaftStorageError>(sm.vshards()?))?;
+            let decode_row = |(vshard, bytes): (u16, Vec<u8>)| {
+                let record: VShardRecord = decode("a vShard state", &bytes).in_group(group)?;
+                Ok((vshard, record.into()))
+            };
+            rows.into_iter().map(decode_row).collect()
+        })
+        .await
+    }
+
+    /// Reads `key`, if this group serves its vShard.
+    pub async fn get(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, ReadError> {
+        let vshard = vshard_of(&key);
+        let outcome = self
+            .read("reading a key", move |store| {
+                store.read_state_machine(|sm| {
+                    let state = load_vshard(sm, vshard)?;
+                    if let Err(rejection) = check_serving(vshard, state.as_ref()) {
+                        return Ok(Err(rejection));
+                    }
+                    Ok(Ok(sm.kv(vshard, &key)?))
+                })
+            })
+            .await?;
+        Ok(outcome?)
+    }
+
+    /// Up to `limit` pairs of `vshard` in key order after `after`, if this
+    /// group serves it.
+    pub async fn scan_vshard(
+        &self,
+        vshard: u16,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ReadError> {
+        if !is_valid(vshard) {
+            return Err(Rejection::InvalidVShard { vshard }.into());
+        }
+        let outcome = self
+            .read("scanning a vShard", move |store| {
+                store.read_state_machine(|sm| {
+                    let state = load_vshard(sm, vshard)?;
+                    if let Err(rejection) = check_serving(vshard, state.as_ref()) {
+                        return Ok(Err(rejection));
+                    }
+                    Ok(Ok(sm.scan_kv(vshard, after.as_deref(), limit)?))
+                })
+            })
+            .await?;
+        Ok(outcome?)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let store = self.store.clone();
+        let subject = ErrorSubject::Snapshot(None);
+        let (meta, data) = blocking(store.group(), subject, ErrorVerb::Write, move || {
+            build_snapshot(&store)
+        })
+        .await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let store = self.store.clone();
+        blocking(
+            self.group(),
+            ErrorSubject::StateMachine,
+            ErrorVerb::Read,
+            move || store.read_state_machine(read_applied_state),
+        )
+        .await
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let (store, kind) = (self.store.clone(), self.kind);
+        let subject = match entries.last() {
+            Some(entry) => ErrorSubject::Apply(entry.log_id),
+            None => ErrorSubject::StateMachine,
+        };
+        blocking(self.group(), subject, ErrorVerb::Write, move || {
+            apply_batch(&store, kind, &entries)
+        })
+        .await
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            store: self.store.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let store = self.store.clone();
+        let subject = ErrorSubject::Snapshot(Some(meta.signature()));
+        let meta = meta.clone();
+        let data = snapshot.into_inner();
+        blocking(self.group(), subject, ErrorVerb::Write, move || {
+            install_snapshot(&store, &meta, data)
+        })
+        .await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let store = self.store.clone();
+        let subject = ErrorSubject::Snapshot(None);
+        let current = blocking(self.group(), subject, ErrorVerb::Read, move || {
+            current_snapshot(&store)
+        })
+        .await?;
+        Ok(current.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}

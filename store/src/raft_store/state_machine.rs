@@ -1,0 +1,519 @@
+//! The state-machine half of a group's storage: the `sm_*` tables, read and
+//! written inside one redb transaction, exported and imported whole for
+//! snapshots, and the group's current snapshot.
+//!
+//! [`StateMachineView`] is the same reader over a read transaction
+//! ([`SmRead`]) or a write transaction ([`SmWrite`]); a write sees its own
+//! earlier writes, so a batch of Raft entries applied in one transaction
+//! reads what the entries before it wrote.
+
+use std::ops::Bound;
+
+use redb::{ReadOnlyTable, ReadableDatabase, ReadableTable, Table, WriteTransaction};
+
+use super::{
+    group_end, Doing, Durability, GroupStore, RaftStoreError, SM_APPLIED, SM_KV, SM_META,
+    SM_VSHARDS, SNAPSHOTS,
+};
+
+type StrKey = (u64, &'static str);
+type VShardKey = (u64, u16);
+type KvKey = (u64, u16, &'static [u8]);
+type Bytes = &'static [u8];
+type KvBound<'a> = Bound<(u64, u16, &'a [u8])>;
+
+/// Key-value pairs of one vShard, in key order.
+pub type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
+/// `(vshard, key, value)` rows.
+pub type KvRows = Vec<(u16, Vec<u8>, Vec<u8>)>;
+
+/// A group's state-machine tables, over a read or a write transaction.
+pub struct StateMachineView<M, V, K, A> {
+    group: u64,
+    meta: M,
+    vshards: V,
+    kv: K,
+    applied: A,
+}
+
+/// The state-machine tables of a read transaction (a consistent snapshot).
+pub type SmRead = StateMachineView<
+    ReadOnlyTable<StrKey, Bytes>,
+    ReadOnlyTable<VShardKey, Bytes>,
+    ReadOnlyTable<KvKey, Bytes>,
+    ReadOnlyTable<StrKey, Bytes>,
+>;
+
+/// The state-machine tables of a write transaction.
+pub type SmWrite<'txn> = StateMachineView<
+    Table<'txn, StrKey, Bytes>,
+    Table<'txn, VShardKey, Bytes>,
+    Table<'txn, KvKey, Bytes>,
+    Table<'txn, StrKey, Bytes>,
+>;
+
+/// Reads of one group's state machine, the same over [`SmRead`] and
+/// [`SmWrite`].
+pub trait StateMachineRead {
+    /// The group these tables belong to.
+    fn group(&self) -> u64;
+    /// One state-machine metadata value (last applied, membership, ...).
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, RaftStoreError>;
+    /// One vShard's encoded state.
+    fn vshard(&self, vshard: u16) -> Result<Option<Vec<u8>>, RaftStoreError>;
+    /// Every vShard this group has a state for, in vShard order.
+    fn vshards(&self) -> Result<Vec<(u16, Vec<u8>)>, RaftStoreError>;
+    /// One value.
+    fn kv(&self, vshard: u16, key: &[u8]) -> Result<Option<Vec<u8>>, RaftStoreError>;
+    /// Up to `limit` pairs of one vShard in key order, starting after `after`.
+    fn scan_kv(
+        &self,
+        vshard: u16,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<KvPairs, RaftStoreError>;
+    /// The response recorded for an idempotency key.
+    fn applied(&self, key: &str) -> Result<Option<Vec<u8>>, RaftStoreError>;
+}
+
+/// The range of one vShard's keys in `sm_kv`, starting after `after`.
+fn vshard_range(group: u64, vshard: u16, after: Option<&[u8]>) -> (KvBound<'_>, KvBound<'_>) {
+    let lower = match after {
+        None => Bound::Included((group, vshard, &[][..])),
+        Some(key) => Bound::Excluded((group, vshard, key)),
+    };
+    let upper = match vshard.checked_add(1) {
+        Some(next) => Bound::Excluded((group, next, &[][..])),
+        None => group_end(group, |g| (g, 0, &[][..])),
+    };
+    (lower, upper)
+}
+
+impl<M, V, K, A> StateMachineRead for StateMachineView<M, V, K, A>
+where
+    M: ReadableTable<StrKey, Bytes>,
+    V: ReadableTable<VShardKey, Bytes>,
+    K: ReadableTable<KvKey, Bytes>,
+    A: ReadableTable<StrKey, Bytes>,
+{
+    fn group(&self) -> u64 {
+        self.group
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, RaftStoreError> {
+        let value = self
+            .meta
+            .get((self.group, key))
+            .doing(self.group, "reading state-machine metadata")?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    fn vshard(&self, vshard: u16) -> Result<Option<Vec<u8>>, RaftStoreError> {
+        let value = self
+            .vshards
+            .get((self.group, vshard))
+            .doing(self.group, "reading a vShard state")?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    fn vshards(&self) -> Result<Vec<(u16, Vec<u8>)>, RaftStoreError> {
+        const DOING: &str = "listing vShard states";
+        let range = (self.group, 0)..=(self.group, u16::MAX);
+        let mut out = Vec::new();
+        for row in self.vshards.range(range).doing(self.group, DOING)? {
+            let (key, value) = row.doing(self.group, DOING)?;
+            out.push((key.value().1, value.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn kv(&self, vshard: u16, key: &[u8]) -> Result<Option<Vec<u8>>, RaftStoreError> {
+        let value = self
+            .kv
+            .get((self.group, vshard, key))
+            .doing(self.group, "reading a key")?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    fn scan_kv(
+        &self,
+        vshard: u16,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<KvPairs, RaftStoreError> {
+        const DOING: &str = "scanning a vShard";
+        let range = vshard_range(self.group, vshard, after);
+        let mut out = Vec::new();
+        for row in self.kv.range(range).doing(self.group, DOING)?.take(limit) {
+            let (key, value) = row.doing(self.group, DOING)?;
+            out.push((key.value().2.to_vec(), value.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn applied(&self, key: &str) -> Result<Option<Vec<u8>>, RaftStoreError> {
+        let value = self
+            .applied
+            .get((self.group, key))
+            .doing(self.group, "reading an applied idempotency key")?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+}
+
+impl SmWrite<'_> {
+    /// Writes one state-machine metadata value.
+    pub fn put_meta(&mut self, key: &str, value: &[u8]) -> Result<(), RaftStoreError> {
+        self.meta
+            .insert((self.group, key), value)
+            .doing(self.group, "writing state-machine metadata")?;
+        Ok(())
+    }
+
+    /// Writes one vShard's encoded state.
+    pub fn put_vshard(&mut self, vshard: u16, state: &[u8]) -> Result<(), RaftStoreError> {
+        self.vshards
+            .insert((self.group, vshard), state)
+            .doing(self.group, "writing a vShard state")?;
+        Ok(())
+    }
+
+    /// Forgets one vShard's state (its keys stay: see [`Self::delete_vshard_keys`]).
+    pub fn remove_vshard(&mut self, vshard: u16) -> Result<(), RaftStoreError> {
+        self.vshards
+            .remove((self.group, vshard))
+            .doing(self.group, "removing a vShard state")?;
+        Ok(())
+    }
+
+    /// Writes one value.
+    pub fn put_kv(&mut self, vshard: u16, key: &[u8], value: &[u8]) -> Result<(), RaftStoreError> {
+        self.kv
+            .insert((self.group, vshard, key), value)
+            .doing(self.group, "writing a key")?;
+        Ok(())
+    }
+
+    /// Deletes one key; says whether it existed.
+    pub fn delete_kv(&mut self, vshard: u16, key: &[u8]) -> Result<bool, RaftStoreError> {
+        let old = self
+            .kv
+            .remove((self.group, vshard, key))
+            .doing(self.group, "deleting a key")?;
+        Ok(old.is_some())
+    }
+
+    /// Deletes up to `limit` keys of one vShard (the first ones in key
+    /// order); returns how many it deleted. A bounded batch: callers loop.
+    pub fn delete_vshard_keys(&mut self, vshard: u16, limit: u64) -> Result<u64, RaftStoreError> {
+        const DOING: &str = "deleting a vShard's keys";
+        let range = vshard_range(self.group, vshard, None);
+        let mut deleted = 0;
+        let extracted = self
+            .kv
+            .extract_from_if(range, |_, _| true)
+            .doing(self.group, DOING)?;
+        // Only rows the iterator yields are removed: `take` never reads past
+        // the limit.
+        for row in extracted.take(usize::try_from(limit).unwrap_or(usize::MAX)) {
+            row.doing(self.group, DOING)?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
+    /// Records the response to an idempotency key.
+    pub fn put_applied(&mut self, key: &str, response: &[u8]) -> Result<(), RaftStoreError> {
+        self.applied
+            .insert((self.group, key), response)
+            .doing(self.group, "recording an applied idempotency key")?;
+        Ok(())
+    }
+}
+
+/// A group's whole state machine as bytes: what a snapshot carries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateMachineExport {
+    /// `sm_meta` rows: `(name, value)`.
+    pub meta: Vec<(String, Vec<u8>)>,
+    /// `sm_vshards` rows: `(vshard, state)`.
+    pub vshards: Vec<(u16, Vec<u8>)>,
+    /// `sm_kv` rows: `(vshard, key, value)`.
+    pub kv: KvRows,
+    /// `sm_applied` rows: `(idempotency key, response)`.
+    pub applied: Vec<(String, Vec<u8>)>,
+}
+
+/// A group's current snapshot, as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    /// Orders snapshots: one past the last log index it covers (0 = none).
+    pub position: u64,
+    /// The encoded snapshot metadata.
+    pub meta: Vec<u8>,
+    /// The encoded snapshot data.
+    pub data: Vec<u8>,
+}
+
+const SNAPSHOT_POSITION: &str = "position";
+const SNAPSHOT_META: &str = "meta";
+const SNAPSHOT_DATA: &str = "data";
+
+/// Deletes every `sm_*` row of a group inside `txn`.
+pub(crate) fn clear_state_machine(
+    txn: &WriteTransaction,
+    group: u64,
+    doing: &'static str,
+) -> Result<(), RaftStoreError> {
+    for table in [SM_META, SM_APPLIED] {
+        let mut table = txn.open_table(table).doing(group, doing)?;
+        let range = (Bound::Included((group, "")), group_end(group, |g| (g, "")));
+        table.retain_in(range, |_, _| false).doing(group, doing)?;
+    }
+    let mut vshards = txn.open_table(SM_VSHARDS).doing(group, doing)?;
+    vshards
+        .retain_in((group, 0)..=(group, u16::MAX), |_, _| false)
+        .doing(group, doing)?;
+    let mut kv = txn.open_table(SM_KV).doing(group, doing)?;
+    let range = (
+        Bound::Included((group, 0, &[][..])),
+        group_end(group, |g| (g, 0, &[][..])),
+    );
+    kv.retain_in(range, |_, _| false).doing(group, doing)?;
+    Ok(())
+}
+
+fn str_rows<T: ReadableTable<StrKey, Bytes>>(
+    table: &T,
+    group: u64,
+    doing: &'static str,
+) -> Result<Vec<(String, Vec<u8>)>, RaftStoreError> {
+    let range = (Bound::Included((group, "")), group_end(group, |g| (g, "")));
+    let mut out = Vec::new();
+    for row in table.range(range).doing(group, doing)? {
+        let (key, value) = row.doing(group, doing)?;
+        out.push((key.value().1.to_string(), value.value().to_vec()));
+    }
+    Ok(out)
+}
+
+fn kv_rows<T: ReadableTable<KvKey, Bytes>>(
+    table: &T,
+    group: u64,
+    doing: &'static str,
+) -> Result<KvRows, RaftStoreError> {
+    let range = (
+        Bound::Included((group, 0, &[][..])),
+        group_end(group, |g| (g, 0, &[][..])),
+    );
+    let mut out = Vec::new();
+    for row in table.range(range).doing(group, doing)? {
+        let (key, value) = row.doing(group, doing)?;
+        let (_, vshard, key) = key.value();
+        out.push((vshard, key.to_vec(), value.value().to_vec()));
+    }
+    Ok(out)
+}
+
+fn import_rows(
+    txn: &WriteTransaction,
+    group: u64,
+    state: &StateMachineExport,
+    doing: &'static str,
+) -> Result<(), RaftStoreError> {
+    let mut meta = txn.open_table(SM_META).doing(group, doing)?;
+    for (key, value) in &state.meta {
+        meta.insert((group, key.as_str()), value.as_slice())
+            .doing(group, doing)?;
+    }
+    let mut vshards = txn.open_table(SM_VSHARDS).doing(group, doing)?;
+    for (vshard, value) in &state.vshards {
+        vshards
+            .insert((group, *vshard), value.as_slice())
+            .doing(group, doing)?;
+    }
+    let mut kv = txn.open_table(SM_KV).doing(group, doing)?;
+    for (vshard, key, value) in &state.kv {
+        kv.insert((group, *vshard, key.as_slice()), value.as_slice())
+            .doing(group, doing)?;
+    }
+    let mut applied = txn.open_table(SM_APPLIED).doing(group, doing)?;
+    for (key, value) in &state.applied {
+        applied
+            .insert((group, key.as_str()), value.as_slice())
+            .doing(group, doing)?;
+    }
+    Ok(())
+}
+
+fn write_snapshot(
+    txn: &WriteTransaction,
+    group: u64,
+    snapshot: &StoredSnapshot,
+    doing: &'static str,
+) -> Result<(), RaftStoreError> {
+    let mut table = txn.open_table(SNAPSHOTS).doing(group, doing)?;
+    let position = snapshot.position.to_le_bytes();
+    let rows: [(&str, &[u8]); 3] = [
+        (SNAPSHOT_POSITION, &position),
+        (SNAPSHOT_META, &snapshot.meta),
+        (SNAPSHOT_DATA, &snapshot.data),
+    ];
+    for (key, value) in rows {
+        table.insert((group, key), value).doing(group, doing)?;
+    }
+    Ok(())
+}
+
+fn read_snapshot<T: ReadableTable<StrKey, Bytes>>(
+    table: &T,
+    group: u64,
+    doing: &'static str,
+) -> Result<Option<StoredSnapshot>, RaftStoreError> {
+    let get = |key: &str| -> Result<Option<Vec<u8>>, RaftStoreError> {
+        let value = table.get((group, key)).doing(group, doing)?;
+        Ok(value.map(|v| v.value().to_vec()))
+    };
+    let Some(position) = get(SNAPSHOT_POSITION)? else {
+        return Ok(None);
+    };
+    let corrupt = |reason: &str| RaftStoreError::Corrupt {
+        group,
+        what: "the stored snapshot",
+        reason: reason.to_string(),
+    };
+    let position = <[u8; 8]>::try_from(position.as_slice())
+        .map(u64::from_le_bytes)
+        .map_err(|_| corrupt("its position is not 8 bytes"))?;
+    let meta = get(SNAPSHOT_META)?.ok_or_else(|| corrupt("its metadata is missing"))?;
+    let data = get(SNAPSHOT_DATA)?.ok_or_else(|| corrupt("its data is missing"))?;
+    Ok(Some(StoredSnapshot {
+        position,
+        meta,
+        data,
+    }))
+}
+
+impl GroupStore {
+    /// Runs `f` over a consistent read-only view of the state machine.
+    pub fn read_state_machine<T, E: From<RaftStoreError>>(
+        &self,
+        f: impl FnOnce(&SmRead) -> Result<T, E>,
+    ) -> Result<T, E> {
+        const DOING: &str = "reading the state machine";
+        let group = self.group;
+        let read = self.db.begin_read().doing(group, DOING)?;
+        let view = SmRead {
+            group,
+            meta: read.open_table(SM_META).doing(group, DOING)?,
+            vshards: read.open_table(SM_VSHARDS).doing(group, DOING)?,
+            kv: read.open_table(SM_KV).doing(group, DOING)?,
+            applied: read.open_table(SM_APPLIED).doing(group, DOING)?,
+        };
+        f(&view)
+    }
+
+    /// Runs `f` over the state machine inside one write transaction and
+    /// commits with `durability` if `f` succeeds; an error aborts it whole.
+    pub fn write_state_machine<T, E: From<RaftStoreError>>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&mut SmWrite<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        const DOING: &str = "writing the state machine";
+        let group = self.group;
+        let txn = self.begin_write(durability, DOING)?;
+        let outcome = {
+            let mut view = SmWrite {
+                group,
+                meta: txn.open_table(SM_META).doing(group, DOING)?,
+                vshards: txn.open_table(SM_VSHARDS).doing(group, DOING)?,
+                kv: txn.open_table(SM_KV).doing(group, DOING)?,
+                applied: txn.open_table(SM_APPLIED).doing(group, DOING)?,
+            };
+            f(&mut view)
+        };
+        match outcome {
+            Ok(value) => {
+                txn.commit().doing(group, DOING)?;
+                Ok(value)
+            }
+            Err(error) => {
+                txn.abort().doing(group, "aborting a state-machine write")?;
+                Err(error)
+            }
+        }
+    }
+
+    /// The whole state machine, read from one consistent snapshot.
+    pub fn export_state_machine(&self) -> Result<StateMachineExport, RaftStoreError> {
+        const DOING: &str = "exporting the state machine";
+        let group = self.group;
+        let read = self.db.begin_read().doing(group, DOING)?;
+        let meta = read.open_table(SM_META).doing(group, DOING)?;
+        let vshards = read.open_table(SM_VSHARDS).doing(group, DOING)?;
+        let kv = read.open_table(SM_KV).doing(group, DOING)?;
+        let applied = read.open_table(SM_APPLIED).doing(group, DOING)?;
+        let mut vshard_rows = Vec::new();
+        for row in vshards
+            .range((group, 0)..=(group, u16::MAX))
+            .doing(group, DOING)?
+        {
+            let (key, value) = row.doing(group, DOING)?;
+            vshard_rows.push((key.value().1, value.value().to_vec()));
+        }
+        Ok(StateMachineExport {
+            meta: str_rows(&meta, group, DOING)?,
+            vshards: vshard_rows,
+            kv: kv_rows(&kv, group, DOING)?,
+            applied: str_rows(&applied, group, DOING)?,
+        })
+    }
+
+    /// Stores `snapshot` as the group's current one, durably, unless the
+    /// stored one is at a later position; says whether it stored it.
+    ///
+    /// The commit is `Durability::Immediate` even when nothing changes: it
+    /// is what makes earlier non-durable state-machine commits durable
+    /// before Raft purges the log up to this snapshot (see the module doc).
+    pub fn save_snapshot(&self, snapshot: &StoredSnapshot) -> Result<bool, RaftStoreError> {
+        const DOING: &str = "saving a snapshot";
+        let group = self.group;
+        let txn = self.begin_write(Durability::Immediate, DOING)?;
+        let stored = {
+            let table = txn.open_table(SNAPSHOTS).doing(group, DOING)?;
+            let current = read_snapshot(&table, group, DOING)?;
+            drop(table);
+            let newer = current.is_none_or(|c| c.position <= snapshot.position);
+            if newer {
+                write_snapshot(&txn, group, snapshot, DOING)?;
+            }
+            newer
+        };
+        txn.commit().doing(group, DOING)?;
+        Ok(stored)
+    }
+
+    /// The group's current snapshot, if it has one.
+    pub fn snapshot(&self) -> Result<Option<StoredSnapshot>, RaftStoreError> {
+        const DOING: &str = "reading the snapshot";
+        let read = self.db.begin_read().doing(self.group, DOING)?;
+        let table = read.open_table(SNAPSHOTS).doing(self.group, DOING)?;
+        read_snapshot(&table, self.group, DOING)
+    }
+
+    /// Replaces the whole state machine with `state` and makes `snapshot`
+    /// the current one, in one durable transaction.
+    pub fn install_snapshot(
+        &self,
+        state: &StateMachineExport,
+        snapshot: &StoredSnapshot,
+    ) -> Result<(), RaftStoreError> {
+        const DOING: &str = "installing a snapshot";
+        let group = self.group;
+        let txn = self.begin_write(Durability::Immediate, DOING)?;
+        clear_state_machine(&txn, group, DOING)?;
+        import_rows(&txn, group, state, DOING)?;
+        write_snapshot(&txn, group, snapshot, DOING)?;
+        txn.commit().doing(group, DOING)
+    }
+}
