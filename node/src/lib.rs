@@ -9,5 +9,7 @@ pub mod command;
 pub mod data;
 pub mod metadata;
 pub mod raft;
+pub mod raft_network;
+pub mod rpc;
 pub mod transport;
 pub mod vshard;

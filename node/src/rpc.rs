@@ -1,0 +1,216 @@
+//! The node's wire protocol: every request one node, admin or client sends
+//! to a node, and every answer, as versioned enums (postcard; variants only
+//! ever appended, STACK.md).
+//!
+//! Raft RPCs carry the group id, so all groups share one endpoint. Full
+//! snapshots do not travel as one request: they stream over one QUIC stream
+//! ([`SnapshotHeader`] then data chunks), see `raft_network.rs`.
+
+use std::collections::BTreeMap;
+
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft::{SnapshotMeta, Vote};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, Response};
+use crate::metadata::Route;
+use crate::raft::{NodeAddr, TypeConfig};
+
+/// A Raft RPC for one group.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<u64>),
+}
+
+/// The answer to a [`RaftRequest`]; `Err` carries openraft's error text.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftResponse {
+    AppendEntries(AppendEntriesResponse<u64>),
+    Vote(VoteResponse<u64>),
+    /// The group refused or failed the RPC (e.g. it does not run here yet).
+    Refused(String),
+}
+
+/// The first frame of a streamed full snapshot; data chunks follow.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    pub group: u64,
+    pub vote: Vote<u64>,
+    pub meta: SnapshotMeta<u64, NodeAddr>,
+}
+
+/// Everything a peer may ask a node.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum NodeRequest {
+    V1(NodeRequestV1),
+}
+
+/// Version 1 of the requests.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum NodeRequestV1 {
+    /// Node certificates only.
+    Raft { group: u64, request: RaftRequest },
+    /// Node certificates only: opens a snapshot stream.
+    InstallSnapshot(SnapshotHeader),
+    /// Node certificates only: propose `command` to `group` through this
+    /// node (answered `NotLeader` if it does not lead the group).
+    Propose { group: u64, command: Command },
+    /// Client or admin certificates.
+    Client(ClientRequest),
+    /// Admin certificates only.
+    Admin(AdminRequest),
+}
+
+/// Key-value and routing requests. `epoch` is the routing epoch of the
+/// key's vShard in the client's cached table (0 if it has none).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        epoch: u64,
+    },
+    Delete {
+        key: Vec<u8>,
+        epoch: u64,
+    },
+    /// A linearizable read (served by the group's leader after a read index).
+    Get {
+        key: Vec<u8>,
+        epoch: u64,
+    },
+    /// Up to `limit` pairs of `vshard` in key order after `after`.
+    ScanVShard {
+        vshard: u16,
+        after: Option<Vec<u8>>,
+        limit: u32,
+        epoch: u64,
+    },
+    /// The routing table, read linearizably from the metadata group.
+    Routing,
+}
+
+/// The answer to a [`ClientRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    /// The write was applied.
+    Done,
+    /// The value of a key (`None`: absent).
+    Value(Option<Vec<u8>>),
+    /// A page of a scan; `more` says whether to ask again after the last key.
+    Scan {
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        more: bool,
+    },
+    Routing(RoutingTable),
+    /// Ask that node instead: it leads (or is a member of) the group.
+    Redirect {
+        node: u64,
+        addr: String,
+    },
+    /// The client's route for `vshard` is stale; the node knows `epoch`.
+    StaleRouting {
+        vshard: u16,
+        epoch: u64,
+    },
+    /// Try again shortly (a fenced vShard, an election in progress).
+    Retry {
+        reason: String,
+    },
+    /// Refused; retrying will not help.
+    Rejected {
+        reason: String,
+    },
+}
+
+/// The cluster's routing table as clients cache it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingTable {
+    /// Node id -> address.
+    pub nodes: BTreeMap<u64, String>,
+    /// Group id -> member node ids (group 0 included).
+    pub groups: BTreeMap<u64, Vec<u64>>,
+    /// vShard -> route (1024 entries once bootstrapped).
+    pub routes: Vec<Route>,
+}
+
+/// Cluster administration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// Creates the metadata group over `nodes` and `groups` data groups of
+    /// `replicas` members each, the 1024 vShards spread evenly.
+    Bootstrap {
+        nodes: Vec<(u64, String)>,
+        groups: u64,
+        replicas: u64,
+    },
+    AddNode {
+        id: u64,
+        addr: String,
+    },
+    RemoveNode {
+        id: u64,
+    },
+    /// This node's view of itself and its groups.
+    Status,
+}
+
+/// The answer to an [`AdminRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminResponse {
+    Done,
+    Status(NodeStatus),
+    Retry { reason: String },
+    Rejected { reason: String },
+}
+
+/// One node's view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node: u64,
+    pub addr: String,
+    /// The metadata as this node's replica of group 0 has applied it.
+    pub routing: RoutingTable,
+    pub groups: Vec<LocalGroupStatus>,
+}
+
+/// One group as seen by one of its members.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalGroupStatus {
+    pub group: u64,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_applied: Option<u64>,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// vShards this replica holds as `Owned`.
+    pub owned_vshards: u32,
+}
+
+/// Why a `Propose` did not apply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProposeError {
+    /// This node does not lead the group; the leader, if known.
+    NotLeader { leader: Option<(u64, String)> },
+    /// The group does not run on this node.
+    UnknownGroup { group: u64 },
+    /// Raft failed (shutting down, storage error).
+    Failed(String),
+}
+
+/// Everything a node answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum NodeResponse {
+    V1(NodeResponseV1),
+}
+
+/// Version 1 of the answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum NodeResponseV1 {
+    Raft(RaftResponse),
+    Snapshot(Result<openraft::raft::SnapshotResponse<u64>, String>),
+    Proposed(Result<Response, ProposeError>),
+    Client(ClientResponse),
+    Admin(AdminResponse),
+}
