@@ -11,5 +11,6 @@ pub mod metadata;
 pub mod raft;
 pub mod raft_network;
 pub mod rpc;
+pub mod server;
 pub mod transport;
 pub mod vshard;

@@ -1,0 +1,87 @@
+//! Node settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the node lays out its Raft data on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StoreLayout {
+    /// One redb file for every group (`DATA/raft.redb`): groups serialize on
+    /// its single writer.
+    #[default]
+    OneFile,
+    /// One redb file per group (`DATA/group-G.redb`): groups commit in
+    /// parallel, each with its own fsync.
+    FilePerGroup,
+}
+
+/// Raft timing. The defaults leave headroom for a loaded 2-core machine.
+#[derive(Clone, Debug)]
+pub struct RaftTimings {
+    pub heartbeat: Duration,
+    pub election_min: Duration,
+    pub election_max: Duration,
+    /// Bound on one streamed snapshot.
+    pub install_snapshot_timeout: Duration,
+    /// Take a snapshot after this many applied entries.
+    pub snapshot_after_entries: u64,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(150),
+            election_min: Duration::from_millis(750),
+            election_max: Duration::from_millis(1500),
+            install_snapshot_timeout: Duration::from_secs(30),
+            snapshot_after_entries: 20_000,
+        }
+    }
+}
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: u64,
+    /// Where to listen (port 0 picks one; read it back with `local_addr`).
+    pub listen: SocketAddr,
+    /// Holds the Raft data and the workflow journal.
+    pub data_dir: PathBuf,
+    /// Holds `ca.pem` and this node's `node-N.pem` / `node-N.key`.
+    pub certs_dir: PathBuf,
+    pub raft: RaftTimings,
+    pub layout: StoreLayout,
+}
+
+impl NodeConfig {
+    /// A configuration with default timings and layout.
+    pub fn new(id: u64, listen: SocketAddr, data_dir: PathBuf, certs_dir: PathBuf) -> Self {
+        Self {
+            id,
+            listen,
+            data_dir,
+            certs_dir,
+            raft: RaftTimings::default(),
+            layout: StoreLayout::default(),
+        }
+    }
+
+    /// The openraft configuration these timings give.
+    pub(crate) fn openraft(&self) -> Result<openraft::Config, openraft::ConfigError> {
+        let millis = |d: Duration| d.as_millis() as u64;
+        openraft::Config {
+            cluster_name: "shardflow".into(),
+            heartbeat_interval: millis(self.raft.heartbeat),
+            election_timeout_min: millis(self.raft.election_min),
+            election_timeout_max: millis(self.raft.election_max),
+            install_snapshot_timeout: millis(self.raft.install_snapshot_timeout),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
+                self.raft.snapshot_after_entries,
+            ),
+            max_in_snapshot_log_to_keep: 1_000,
+            ..openraft::Config::default()
+        }
+        .validate()
+    }
+}

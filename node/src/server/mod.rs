@@ -1,0 +1,33 @@
+//! The node runtime: one QUIC endpoint, one openraft `Raft` per group this
+//! node holds (group 0, the metadata group, on every node of the metadata
+//! group), the request handler, and the reconcile loop that makes the local
+//! groups follow the metadata.
+//!
+//! - `config` — [`NodeConfig`], Raft timings, the storage layout.
+//! - `groups` — the local groups: start, look up, stop.
+//! - `handler` — the transport [`Handler`](crate::transport::Handler):
+//!   role checks, then Raft RPCs, snapshots, proposals, client and admin
+//!   requests.
+//! - `client_ops`, `admin_ops` — the answers to client and admin requests.
+//! - `propose` — proposing a command to a group through its leader,
+//!   wherever it runs.
+//! - `reconcile` — the loop that reacts to the metadata: starts the data
+//!   groups this node is a member of, initializes them (their lowest member
+//!   does, once), and has each leader mark its bootstrap vShards `Owned`.
+//!
+//! **Invariants:** a request reaches Raft only after its certificate's role
+//! was checked; reads are linearizable (leader + read index); the metadata
+//! cache only moves forward (it is replaced by the state of a higher applied
+//! index).
+
+mod admin_ops;
+mod client_ops;
+mod config;
+mod groups;
+mod handler;
+mod node;
+mod propose;
+mod reconcile;
+
+pub use config::{NodeConfig, RaftTimings, StoreLayout};
+pub use node::{Node, NodeError};

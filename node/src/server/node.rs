@@ -1,0 +1,173 @@
+//! The [`Node`] handle: starting and stopping a node, and the state its
+//! parts share (`NodeInner`): identity, transport, groups, and the cached
+//! metadata of the local group-0 replica.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::config::NodeConfig;
+use super::groups::Groups;
+use super::handler::NodeHandler;
+use super::reconcile;
+use crate::certs::PeerIdentity;
+use crate::command::METADATA_GROUP;
+use crate::metadata::MetadataState;
+use crate::transport::{ClusterTls, Transport, TransportConfig};
+
+/// Why a node could not start or act.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("certificates in {dir}: {reason}")]
+    Certificates { dir: String, reason: String },
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+    #[error("data directory {path}: {reason}")]
+    Storage { path: String, reason: String },
+    #[error("raft group {group}: {reason}")]
+    Raft { group: u64, reason: String },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// What the parts of a node share.
+pub(crate) struct NodeInner {
+    pub(crate) id: u64,
+    pub(crate) addr: SocketAddr,
+    pub(crate) transport: Transport,
+    pub(crate) groups: Groups,
+    /// (applied log index of group 0, metadata at that index).
+    metadata: RwLock<(u64, Arc<MetadataState>)>,
+    pub(crate) shutdown: watch::Sender<bool>,
+}
+
+impl NodeInner {
+    /// The metadata as the local group-0 replica applied it (cached).
+    pub(crate) fn metadata(&self) -> Arc<MetadataState> {
+        Arc::clone(&self.metadata.read().unwrap_or_else(|p| p.into_inner()).1)
+    }
+
+    /// Re-reads the local metadata if group 0 applied more since the last read.
+    pub(crate) async fn refresh_metadata(&self) -> Result<Arc<MetadataState>, NodeError> {
+        let Some(group0) = self.groups.get(METADATA_GROUP) else {
+            return Ok(self.metadata());
+        };
+        let storage = |error: crate::raft::RaftStorageError| NodeError::Raft {
+            group: METADATA_GROUP,
+            reason: error.to_string(),
+        };
+        let (applied, _) = group0.state_machine.applied().await.map_err(storage)?;
+        let index = applied.map_or(0, |log_id| log_id.index);
+        let cached_index = self.metadata.read().unwrap_or_else(|p| p.into_inner()).0;
+        if index <= cached_index && cached_index != 0 {
+            return Ok(self.metadata());
+        }
+        let state = Arc::new(group0.state_machine.metadata().await.map_err(storage)?);
+        let mut cache = self.metadata.write().unwrap_or_else(|p| p.into_inner());
+        if index >= cache.0 {
+            *cache = (index, Arc::clone(&state));
+        }
+        Ok(Arc::clone(&cache.1))
+    }
+
+    /// The address of a node, from the metadata.
+    pub(crate) fn node_addr(&self, node: u64) -> Option<String> {
+        self.metadata().nodes.get(&node).cloned()
+    }
+}
+
+/// A running node. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+    tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Node {
+    /// Binds the endpoint, opens the data directory, starts the metadata
+    /// group and every group the local metadata assigns here, and serves.
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|error| NodeError::Storage {
+            path: config.data_dir.display().to_string(),
+            reason: error.to_string(),
+        })?;
+        let tls = ClusterTls::load(&config.certs_dir, PeerIdentity::node(config.id)).map_err(
+            |error| NodeError::Certificates {
+                dir: config.certs_dir.display().to_string(),
+                reason: error.to_string(),
+            },
+        )?;
+        let listen_error = |reason: String| NodeError::Listen {
+            addr: config.listen,
+            reason,
+        };
+        let transport = Transport::bind(config.listen, &tls, TransportConfig::default())
+            .map_err(|e| listen_error(e.to_string()))?;
+        let addr = transport
+            .local_addr()
+            .map_err(|e| listen_error(e.to_string()))?;
+        let raft_config = config
+            .openraft()
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        let groups = Groups::open(
+            config.id,
+            transport.clone(),
+            Arc::new(raft_config),
+            &config.data_dir,
+            config.layout,
+        )?;
+        let inner = Arc::new(NodeInner {
+            id: config.id,
+            addr,
+            transport: transport.clone(),
+            groups,
+            metadata: RwLock::new((0, Arc::new(MetadataState::default()))),
+            shutdown: watch::channel(false).0,
+        });
+        inner.groups.ensure(METADATA_GROUP).await?;
+        reconcile::once(&inner).await?;
+        let handler = Arc::new(NodeHandler::new(Arc::clone(&inner)));
+        transport
+            .serve(handler)
+            .map_err(|e| listen_error(e.to_string()))?;
+        let task = tokio::spawn(reconcile::run(Arc::clone(&inner)));
+        tracing::info!(node = config.id, %addr, "node serving");
+        Ok(Node {
+            inner,
+            tasks: Arc::new(std::sync::Mutex::new(vec![task])),
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The address it serves on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// Stops the reconcile loop, every group and the endpoint.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in tasks {
+            task.abort();
+        }
+        self.inner.groups.shutdown().await;
+        self.inner.transport.shutdown().await;
+    }
+
+    /// The local Raft of `group`, if it runs here (for tests and tools).
+    pub fn raft(&self, group: u64) -> Option<openraft::Raft<crate::raft::TypeConfig>> {
+        self.inner.groups.get(group).map(|g| g.raft)
+    }
+
+    /// The metadata as this node's replica of group 0 applied it.
+    pub async fn metadata(&self) -> Result<Arc<MetadataState>, NodeError> {
+        self.inner.refresh_metadata().await
+    }
+}
