@@ -228,3 +228,71 @@ async fn writes_and_linearizable_reads_across_groups() {
         node.shutdown().await;
     }
 }
+
+// Proves a group's leader can stop: a new leader is elected and every
+// acknowledged write (before and after) is still readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_stopped_new_leader_no_acknowledged_write_lost() {
+    let mut cluster = cluster(1).await;
+    let mut acknowledged = Vec::new();
+    for i in 0..30 {
+        let put = ClientRequest::Put {
+            key: key(i),
+            value: vec![1; 16],
+            epoch: 0,
+        };
+        assert_eq!(client(&cluster, put).await, ClientResponse::Done);
+        acknowledged.push(key(i));
+    }
+    let leader = statuses(&cluster)
+        .await
+        .iter()
+        .flat_map(|s| s.groups.iter().filter(|g| g.group == 1).map(|g| g.leader))
+        .flatten()
+        .next()
+        .expect("group 1 has a leader");
+    let index = cluster
+        .nodes
+        .iter()
+        .position(|n| n.id() == leader)
+        .expect("leader is a node");
+    let stopped = cluster.nodes.remove(index);
+    stopped.shutdown().await;
+    for i in 30..60 {
+        let put = ClientRequest::Put {
+            key: key(i),
+            value: vec![2; 16],
+            epoch: 0,
+        };
+        assert_eq!(client(&cluster, put).await, ClientResponse::Done);
+        acknowledged.push(key(i));
+    }
+    let new_leader = statuses(&cluster)
+        .await
+        .iter()
+        .flat_map(|s| s.groups.iter().filter(|g| g.group == 1).map(|g| g.leader))
+        .flatten()
+        .next();
+    assert!(
+        new_leader.is_some_and(|l| l != leader),
+        "a new leader: {new_leader:?}"
+    );
+    for key in acknowledged {
+        let got = client(
+            &cluster,
+            ClientRequest::Get {
+                key: key.clone(),
+                epoch: 0,
+            },
+        )
+        .await;
+        assert!(
+            matches!(got, ClientResponse::Value(Some(_))),
+            "{} lost",
+            String::from_utf8_lossy(&key)
+        );
+    }
+    for node in &cluster.nodes {
+        node.shutdown().await;
+    }
+}
