@@ -296,3 +296,52 @@ async fn leader_stopped_new_leader_no_acknowledged_write_lost() {
         node.shutdown().await;
     }
 }
+
+/// A client certificate may read and write keys, but neither administer
+/// the cluster nor speak Raft: each refusal is a clear `permission denied`.
+async fn permission_denied_for_client_certificates(cluster: &Cluster) {
+    let certs = cluster._dir.path().join("certs");
+    let tls = ClusterTls::load(&certs, PeerIdentity::client()).expect("client tls");
+    let reader = Transport::client(
+        "127.0.0.1:0".parse().expect("addr"),
+        &tls,
+        TransportConfig::default(),
+    )
+    .expect("client transport");
+    let target = cluster.nodes[0].local_addr();
+    let get = NodeRequest::V1(NodeRequestV1::Client(ClientRequest::Get {
+        key: key(5),
+        epoch: 0,
+    }));
+    let allowed = reader.call_typed::<_, NodeResponse>(target, &get).await;
+    assert!(allowed.is_ok(), "a client may read: {allowed:?}");
+    let forbidden = [
+        NodeRequestV1::Admin(AdminRequest::Status),
+        NodeRequestV1::Admin(AdminRequest::RemoveNode { id: 3 }),
+        NodeRequestV1::Propose {
+            group: 1,
+            command: shardflow_node::command::Command::put(key(1), vec![9]),
+        },
+    ];
+    for request in forbidden {
+        let refused = reader
+            .call_typed::<_, NodeResponse>(target, &NodeRequest::V1(request))
+            .await;
+        let error = refused.expect_err("refused");
+        assert!(error.is_permission_denied(), "{error}");
+        assert!(error.to_string().contains("permission denied"), "{error}");
+    }
+    let value = client(
+        cluster,
+        ClientRequest::Get {
+            key: key(1),
+            epoch: 0,
+        },
+    )
+    .await;
+    assert_eq!(
+        value,
+        ClientResponse::Value(Some(b"v1".to_vec())),
+        "nothing changed"
+    );
+}
