@@ -1,133 +1,56 @@
 //! The `shardflow` command line. It only parses arguments, calls the
-//! library and prints; errors reach the user as one line on stderr.
+//! commands in `cli` and prints; errors reach the user as one line on
+//! stderr, `error: ...`.
 //!
-//! Exit codes: 0 success; 1 the operation failed (including a journal that
-//! does not verify); 2 the command line was invalid.
+//! Exit codes:
+//! - `0` — success;
+//! - `1` — the operation failed: bad argument value (malformed `N=HOST:PORT`,
+//!   vShard out of range, missing certificate files), the cluster refused or
+//!   was unavailable, `kv get` of an absent key, a journal that does not
+//!   verify;
+//! - `2` — the command line is malformed (unknown command or flag, missing
+//!   argument, a number that is not one), reported by clap.
+//!
+//! Logging: `shardflow node` logs to stderr (`RUST_LOG`, default `info`);
+//! other commands log only when `RUST_LOG` is set.
 
-use std::path::PathBuf;
+mod cli;
+
+use std::io::Write;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use shardflow::audit::{self, Timeline};
-use shardflow::workflow::WorkflowId;
-
-#[derive(Parser)]
-#[command(
-    name = "shardflow",
-    version,
-    about = "Durable, journaled data migrations inside a live multi-Raft cluster"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Audit a stopped node's workflow journal (no cluster needed).
-    #[command(subcommand)]
-    Journal(JournalCommand),
-}
-
-#[derive(Subcommand)]
-enum JournalCommand {
-    /// Print each workflow's timeline: steps, attempts, durations, how it ended.
-    ///
-    /// Example: shardflow journal replay --data /var/lib/shardflow/node-1
-    Replay {
-        /// The node's data directory (holds journal.redb).
-        #[arg(long)]
-        data: PathBuf,
-        /// Only this workflow (e.g. wf-1-7).
-        #[arg(long)]
-        workflow: Option<WorkflowId>,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Check every hash chain and replay rule; name the first bad event.
-    ///
-    /// Example: shardflow journal verify --data /var/lib/shardflow/node-1
-    Verify {
-        /// The node's data directory (holds journal.redb).
-        #[arg(long)]
-        data: PathBuf,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-}
+use clap::Parser;
+use cli::args::Cli;
+use cli::Output;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    cli::init_logging(&cli.command);
+    let printed = cli::run(cli.command).and_then(print);
+    match printed {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error}");
+            // One line, whatever the error's sources contain.
+            let line = error.to_string().replace(['\n', '\r'], " ");
+            eprintln!("error: {line}");
             ExitCode::from(1)
         }
     }
 }
 
-fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    match cli.command {
-        Command::Journal(JournalCommand::Replay {
-            data,
-            workflow,
-            json,
-        }) => {
-            let timelines = audit::replay(&data, workflow)?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({ "workflows": timelines }))?
-                );
-            } else {
-                timelines.iter().for_each(print_timeline);
-            }
-        }
-        Command::Journal(JournalCommand::Verify { data, json }) => {
-            let summary = audit::verify(&data)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
-            } else {
-                println!(
-                    "ok: {} workflows, {} events verified in {}",
-                    summary.workflows, summary.events, summary.path
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-fn print_timeline(timeline: &Timeline) {
-    let reason = timeline
-        .reason
-        .as_deref()
-        .map(|r| format!(" ({r})"))
-        .unwrap_or_default();
-    println!(
-        "{}  {}  {}{}  epoch {}  {} events",
-        timeline.id, timeline.kind, timeline.phase, reason, timeline.epoch, timeline.events
-    );
-    println!(
-        "  {:<16} {:<13} {:>8} {:>11} {:>11}",
-        "STEP", "STATUS", "ATTEMPTS", "DURATION_MS", "CHECKPOINTS"
-    );
-    for step in &timeline.steps {
-        let duration = step
-            .duration_ms
-            .map_or_else(|| "-".to_string(), |d| d.to_string());
-        println!(
-            "  {:<16} {:<13} {:>8} {:>11} {:>11}",
-            step.name, step.status, step.attempts, duration, step.checkpoints
-        );
-    }
-    for metric in &timeline.metrics {
-        println!(
-            "  metric {}.{} = {}",
-            metric.step, metric.name, metric.value
-        );
-    }
+fn print(output: Output) -> Result<(), cli::CliError> {
+    let mut stdout = std::io::stdout().lock();
+    let written = match output {
+        Output::Nothing => Ok(()),
+        Output::Text(text) if text.is_empty() => Ok(()),
+        Output::Text(text) => writeln!(stdout, "{text}"),
+        Output::Json(value) => writeln!(stdout, "{}", serde_json::to_string_pretty(&value)?),
+        Output::Bytes(bytes) => stdout.write_all(&bytes).and_then(|()| writeln!(stdout)),
+    };
+    written
+        .and_then(|()| stdout.flush())
+        .map_err(|source| cli::CliError::Io {
+            what: "write to stdout",
+            source,
+        })
 }

@@ -5,6 +5,7 @@
 //! and the routing table. Built in the node issue; see ARCHITECTURE.md.
 
 pub mod certs;
+pub mod client;
 pub mod command;
 pub mod data;
 pub mod metadata;

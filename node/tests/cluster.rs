@@ -224,6 +224,7 @@ async fn writes_and_linearizable_reads_across_groups() {
     )
     .await;
     assert_eq!(gone, ClientResponse::Value(None));
+    permission_denied_for_client_certificates(&cluster).await;
     for node in &cluster.nodes {
         node.shutdown().await;
     }

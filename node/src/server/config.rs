@@ -68,7 +68,7 @@ impl NodeConfig {
     }
 
     /// The openraft configuration these timings give.
-    pub(crate) fn openraft(&self) -> Result<openraft::Config, openraft::ConfigError> {
+    pub(crate) fn openraft(&self) -> Result<openraft::Config, String> {
         let millis = |d: Duration| d.as_millis() as u64;
         openraft::Config {
             cluster_name: "shardflow".into(),
@@ -83,5 +83,6 @@ impl NodeConfig {
             ..openraft::Config::default()
         }
         .validate()
+        .map_err(|error| error.to_string())
     }
 }

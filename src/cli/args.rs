@@ -1,0 +1,246 @@
+//! The command line, as clap parses it. Only syntax lives here (which
+//! flags, which types); what the values mean is checked by the commands, so
+//! a bad value is a one-line error with exit code 1, and only a malformed
+//! command line exits 2.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use shardflow::workflow::WorkflowId;
+
+/// shardflow: durable, journaled data migrations inside a live multi-Raft
+/// cluster.
+#[derive(Parser)]
+#[command(
+    name = "shardflow",
+    version,
+    about = "Durable, journaled data migrations inside a live multi-Raft cluster",
+    after_help = "Example: a local 3-node cluster\n  \
+        shardflow cluster certs --out certs --nodes 1,2,3\n  \
+        shardflow node --id 1 --listen 127.0.0.1:7001 --data n1 --certs certs   (and nodes 2, 3)\n  \
+        shardflow cluster bootstrap --node 1=127.0.0.1:7001 --node 2=127.0.0.1:7002 \
+        --node 3=127.0.0.1:7003 --groups 3 --replicas 3 --certs certs\n  \
+        shardflow kv put hello world --cluster 127.0.0.1:7001 --certs certs"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run one cluster node until SIGTERM or ctrl-c, then shut it down cleanly.
+    ///
+    /// Prints `node N listening on ADDR` once serving; logs go to stderr
+    /// (RUST_LOG, default info). Restarted with the same --data, the node
+    /// rejoins with its data.
+    ///
+    /// Example: shardflow node --id 1 --listen 127.0.0.1:7001 --data /var/lib/shardflow/n1 --certs ./certs
+    Node(NodeArgs),
+    /// Cluster administration: certificates, bootstrap, membership, status.
+    ///
+    /// Example: shardflow cluster status --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Write, read, delete and scan keys.
+    ///
+    /// Example: shardflow kv get user:1 --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(subcommand)]
+    Kv(KvCommand),
+    /// Print the vShard (0..1024) a key belongs to; no cluster needed.
+    ///
+    /// Example: shardflow vshard-of user:1
+    VshardOf {
+        /// The key.
+        key: String,
+        /// Print JSON instead of the bare number.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Audit a stopped node's workflow journal (no cluster needed).
+    ///
+    /// Example: shardflow journal verify --data /var/lib/shardflow/n1
+    #[command(subcommand)]
+    Journal(JournalCommand),
+}
+
+#[derive(Args)]
+pub struct NodeArgs {
+    /// This node's id (its certificate is node-ID.pem in --certs).
+    #[arg(long)]
+    pub id: u64,
+    /// Address to listen on (UDP), HOST:PORT.
+    #[arg(long)]
+    pub listen: String,
+    /// Data directory (Raft logs, state machines, journal); created if missing.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Certificate directory (ca.pem, node-ID.pem, node-ID.key).
+    #[arg(long, env = "SHARDFLOW_CERTS")]
+    pub certs: PathBuf,
+}
+
+/// Where the cluster is and how to authenticate to it.
+#[derive(Args)]
+pub struct ClusterArgs {
+    /// Node addresses to start from: HOST:PORT[,HOST:PORT..].
+    #[arg(long, env = "SHARDFLOW_CLUSTER")]
+    pub cluster: String,
+    /// Certificate directory: presents admin.pem when present, else client.pem.
+    #[arg(long, env = "SHARDFLOW_CERTS")]
+    pub certs: PathBuf,
+    /// Give up after this many seconds (retries and redirects included).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout_secs: u64,
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// Write the cluster CA and the node, admin and client certificates.
+    ///
+    /// Writes ca.pem, ca.key, node-N.pem, node-N.key, admin.pem, admin.key,
+    /// client.pem, client.key. On a directory that already holds a CA, only
+    /// the missing certificates are issued, from that CA; no file is ever
+    /// overwritten.
+    ///
+    /// Example: shardflow cluster certs --out ./certs --nodes 1,2,3
+    Certs {
+        /// Directory to write to (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Node ids, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<u64>,
+    },
+    /// Create the metadata group and the data groups, then wait until ready.
+    ///
+    /// Spreads the 1024 vShards evenly over --groups data groups of
+    /// --replicas members each. Refused on a cluster already bootstrapped.
+    ///
+    /// Example: shardflow cluster bootstrap --node 1=127.0.0.1:7001 --node 2=127.0.0.1:7002 --node 3=127.0.0.1:7003 --groups 3 --replicas 3 --certs ./certs
+    Bootstrap {
+        /// A node of the new cluster, N=HOST:PORT; repeat for each node.
+        #[arg(long = "node", required = true)]
+        nodes: Vec<String>,
+        /// Number of data groups.
+        #[arg(long)]
+        groups: u64,
+        /// Members per data group.
+        #[arg(long)]
+        replicas: u64,
+        /// Certificate directory holding admin.pem.
+        #[arg(long, env = "SHARDFLOW_CERTS")]
+        certs: PathBuf,
+        /// Give up if the cluster is not ready after this many seconds.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        timeout_secs: u64,
+    },
+    /// Register a node started after the bootstrap, so replicas can move to it.
+    ///
+    /// Example: shardflow cluster add-node 4=127.0.0.1:7004 --cluster 127.0.0.1:7001 --certs ./certs
+    AddNode {
+        /// The node, N=HOST:PORT.
+        node: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Forget a node; refused while it still holds a replica.
+    ///
+    /// Example: shardflow cluster remove-node 4 --cluster 127.0.0.1:7001 --certs ./certs
+    RemoveNode {
+        /// The node id.
+        id: u64,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Show nodes, groups (leader, members, vShards, epochs), merged from every node's view.
+    ///
+    /// Example: shardflow cluster status --cluster 127.0.0.1:7001 --certs ./certs --json
+    Status {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KvCommand {
+    /// Write VALUE under KEY.
+    ///
+    /// Example: shardflow kv put user:1 alice --cluster 127.0.0.1:7001 --certs ./certs
+    Put {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Print the value of KEY (linearizable read); exit 1 if it is absent.
+    ///
+    /// Example: shardflow kv get user:1 --cluster 127.0.0.1:7001 --certs ./certs
+    Get {
+        key: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Print JSON ({"key", "value", "encoding"}).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete KEY (deleting an absent key succeeds).
+    ///
+    /// Example: shardflow kv delete user:1 --cluster 127.0.0.1:7001 --certs ./certs
+    Delete {
+        key: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Print every key and value, of one vShard or of all; or only count them.
+    ///
+    /// Output is one `KEY<TAB>VALUE` line per pair (non-UTF-8 bytes as 0x..
+    /// hex), in vShard order then key order.
+    ///
+    /// Example: shardflow kv scan --vshard 174 --cluster 127.0.0.1:7001 --certs ./certs
+    Scan {
+        /// Only this vShard (0..1024).
+        #[arg(long)]
+        vshard: Option<u64>,
+        /// Print only the number of keys.
+        #[arg(long)]
+        count: bool,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum JournalCommand {
+    /// Print each workflow's timeline: steps, attempts, durations, how it ended.
+    ///
+    /// Example: shardflow journal replay --data /var/lib/shardflow/node-1
+    Replay {
+        /// The node's data directory (holds journal.redb).
+        #[arg(long)]
+        data: PathBuf,
+        /// Only this workflow (e.g. wf-1-7).
+        #[arg(long)]
+        workflow: Option<WorkflowId>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every hash chain and replay rule; name the first bad event.
+    ///
+    /// Example: shardflow journal verify --data /var/lib/shardflow/node-1
+    Verify {
+        /// The node's data directory (holds journal.redb).
+        #[arg(long)]
+        data: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,0 +1,49 @@
+//! `shardflow node`: runs one node until SIGTERM or SIGINT (ctrl-c), then
+//! shuts it down cleanly.
+//!
+//! Prints exactly one line on stdout, `node N listening on ADDR`, once the
+//! node serves (scripts and tests wait for it); logs go to stderr through
+//! tracing, filtered by `RUST_LOG` (default `info`).
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use shardflow::node::server::{Node, NodeConfig};
+
+use super::args::NodeArgs;
+use super::{parse, runtime, CliError, Output};
+
+pub fn run(args: NodeArgs) -> Result<Output, CliError> {
+    let listen = parse::listen_addr(&args.listen)?;
+    if !args.certs.is_dir() {
+        return Err(CliError::Input(format!(
+            "certificate directory {} does not exist (create it with `shardflow cluster certs`)",
+            args.certs.display()
+        )));
+    }
+    std::fs::create_dir_all(&args.data).map_err(|source| CliError::Io {
+        what: "create the data directory",
+        source,
+    })?;
+    let config = NodeConfig::new(args.id, listen, args.data, args.certs);
+    runtime()?.block_on(serve(config))
+}
+
+async fn serve(config: NodeConfig) -> Result<Output, CliError> {
+    let signal_error = |source| CliError::Io {
+        what: "install signal handlers",
+        source,
+    };
+    // Installed before the node starts, so no signal is missed.
+    let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let node = Node::start(config).await?;
+    println!("node {} listening on {}", node.id(), node.local_addr());
+    let received = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    };
+    tracing::info!(signal = received, node = node.id(), "shutting down");
+    node.shutdown().await;
+    tracing::info!(node = node.id(), "stopped");
+    Ok(Output::Nothing)
+}

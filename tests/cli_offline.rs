@@ -1,0 +1,320 @@
+//! The `shardflow` command paths that need no cluster, run as an operator
+//! runs them: certificates, `vshard-of`, refusals of bad input before any
+//! network use, a client giving up within its deadline, one node started
+//! and stopped by SIGTERM, and `--help` texts.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use shardflow::node::vshard::vshard_of;
+
+const BIN: &str = env!("CARGO_BIN_EXE_shardflow");
+
+/// Runs the binary with `args` and no ambient shardflow settings.
+fn shardflow(args: &[&str]) -> Output {
+    shardflow_command(args).output().expect("run shardflow")
+}
+
+fn shardflow_command(args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env_remove("SHARDFLOW_CLUSTER")
+        .env_remove("SHARDFLOW_CERTS")
+        .env_remove("RUST_LOG");
+    command
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts exit code 1 and exactly one `error: ...` line on stderr; returns it.
+fn one_line_failure(output: &Output) -> String {
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr:?}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    stderr.trim_end().to_string()
+}
+
+fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn utf8(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+// Proves `cluster certs` writes exactly the files, and a second run
+// for a new node keeps the CA byte for byte and adds only that node.
+#[test]
+fn certs_are_written_then_extended_from_the_same_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("certs");
+    let first = shardflow(&["cluster", "certs", "--out", utf8(&out), "--nodes", "1,2,3"]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let mut expected: Vec<String> = ["ca", "admin", "client", "node-1", "node-2", "node-3"]
+        .iter()
+        .flat_map(|stem| [format!("{stem}.pem"), format!("{stem}.key")])
+        .collect();
+    expected.sort();
+    assert_eq!(file_names(&out), expected);
+    assert!(text(&first.stdout).starts_with("created a new cluster CA"));
+
+    let ca_pem = std::fs::read(out.join("ca.pem")).expect("ca.pem");
+    let ca_key = std::fs::read(out.join("ca.key")).expect("ca.key");
+    let second = shardflow(&["cluster", "certs", "--out", utf8(&out), "--nodes", "4"]);
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    let stdout = text(&second.stdout);
+    assert!(
+        stdout.starts_with("using the existing cluster CA"),
+        "{stdout}"
+    );
+    let wrote = |name: &str| format!("wrote {}", utf8(&out.join(name)));
+    assert!(stdout.contains(&wrote("node-4.pem")), "{stdout}");
+    assert!(!stdout.contains(&wrote("ca.pem")), "{stdout}");
+    assert_eq!(std::fs::read(out.join("ca.pem")).expect("ca.pem"), ca_pem);
+    assert_eq!(std::fs::read(out.join("ca.key")).expect("ca.key"), ca_key);
+    expected.extend(["node-4.key".to_string(), "node-4.pem".to_string()]);
+    expected.sort();
+    assert_eq!(file_names(&out), expected);
+}
+
+// Proves `vshard-of` prints the library's stable vShard, as text and JSON.
+#[test]
+fn vshard_of_matches_the_library() {
+    for key in ["user:1", "hello world", "", "ключ"] {
+        let output = shardflow(&["vshard-of", key]);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        assert_eq!(
+            text(&output.stdout).trim(),
+            vshard_of(key.as_bytes()).to_string()
+        );
+    }
+    assert_eq!(
+        text(&shardflow(&["vshard-of", "user:1"]).stdout).trim(),
+        "174"
+    );
+    let json = shardflow(&["vshard-of", "user:1", "--json"]);
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(value["vshard"], 174);
+    assert_eq!(value["key"], "user:1");
+}
+
+// Proves a vShard out of range is refused before certificates or network
+// are touched (the certificate directory does not even exist).
+#[test]
+fn scan_of_an_invalid_vshard_is_refused_before_any_network() {
+    let output = shardflow(&[
+        "kv",
+        "scan",
+        "--vshard",
+        "5000",
+        "--cluster",
+        "127.0.0.1:9",
+        "--certs",
+        "/nonexistent/shardflow-certs",
+    ]);
+    let line = one_line_failure(&output);
+    assert_eq!(
+        line,
+        "error: vShard 5000 does not exist (vShards are 0..1024)"
+    );
+    assert!(output.stdout.is_empty());
+}
+
+// Proves malformed values are one-line errors (exit 1) that change nothing,
+// while a malformed command line is clap's usage error (exit 2).
+#[test]
+fn bad_input_is_one_clear_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = utf8(dir.path());
+    let malformed = shardflow(&[
+        "cluster",
+        "bootstrap",
+        "--node",
+        "1=127.0.0.1",
+        "--groups",
+        "1",
+        "--replicas",
+        "1",
+        "--certs",
+        certs,
+    ]);
+    let line = one_line_failure(&malformed);
+    assert!(line.contains("expected N=HOST:PORT"), "{line}");
+
+    let no_certs = shardflow(&[
+        "kv",
+        "get",
+        "k",
+        "--cluster",
+        "127.0.0.1:9",
+        "--certs",
+        certs,
+    ]);
+    let line = one_line_failure(&no_certs);
+    assert!(line.contains("ca.pem is missing"), "{line}");
+    assert!(file_names(dir.path()).is_empty(), "nothing written");
+
+    let bad_cluster = shardflow(&["kv", "get", "k", "--cluster", "127.0.0.1", "--certs", certs]);
+    assert!(one_line_failure(&bad_cluster).contains("expected HOST:PORT"));
+
+    let usage = shardflow(&["kv", "get", "k", "--no-such-flag"]);
+    assert_eq!(usage.status.code(), Some(2));
+}
+
+// Proves a client facing a port where nothing listens gives up within its
+// deadline with one line, reading the cluster from SHARDFLOW_CLUSTER.
+#[test]
+fn get_from_a_closed_port_fails_within_the_deadline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    let made = shardflow(&["cluster", "certs", "--out", utf8(&certs), "--nodes", "1"]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let port = {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.local_addr().expect("addr").port()
+    };
+    let started = Instant::now();
+    let output = shardflow_command(&[
+        "kv",
+        "get",
+        "k",
+        "--certs",
+        utf8(&certs),
+        "--timeout-secs",
+        "2",
+    ])
+    .env("SHARDFLOW_CLUSTER", format!("127.0.0.1:{port}"))
+    .output()
+    .expect("run shardflow");
+    let elapsed = started.elapsed();
+    let line = one_line_failure(&output);
+    assert!(
+        line.starts_with("error: cluster unavailable after"),
+        "{line}"
+    );
+    assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
+    // The 2 s deadline, plus process start and endpoint close.
+    assert!(elapsed < Duration::from_secs(6), "took {elapsed:?}");
+}
+
+// Proves `shardflow node` prints its listening line once serving and exits
+// cleanly (status 0) on SIGTERM.
+#[test]
+fn node_serves_until_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    let made = shardflow(&["cluster", "certs", "--out", utf8(&certs), "--nodes", "7"]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let data = dir.path().join("data");
+    let mut child = shardflow_command(&[
+        "node",
+        "--id",
+        "7",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        utf8(&data),
+        "--certs",
+        utf8(&certs),
+    ])
+    .env("RUST_LOG", "error")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("spawn node");
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let line = received
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a line within 30 s")
+        .expect("utf-8 line");
+    let addr = line
+        .strip_prefix("node 7 listening on ")
+        .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+    assert!(
+        addr.parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.port() != 0),
+        "{addr}"
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let (done, exited) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait());
+    });
+    let status = exited
+        .recv_timeout(Duration::from_secs(30))
+        .expect("exit within 30 s")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+    assert!(data.is_dir());
+}
+
+// Proves every command's --help says what it does with an example.
+#[test]
+fn help_texts_show_an_example() {
+    let commands: [&[&str]; 17] = [
+        &[],
+        &["node"],
+        &["cluster"],
+        &["cluster", "certs"],
+        &["cluster", "bootstrap"],
+        &["cluster", "add-node"],
+        &["cluster", "remove-node"],
+        &["cluster", "status"],
+        &["kv"],
+        &["kv", "put"],
+        &["kv", "get"],
+        &["kv", "delete"],
+        &["kv", "scan"],
+        &["vshard-of"],
+        &["journal"],
+        &["journal", "replay"],
+        &["journal", "verify"],
+    ];
+    for command in commands {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let output = shardflow(&args);
+        let help = text(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{command:?}: {}",
+            text(&output.stderr)
+        );
+        assert!(
+            help.contains("Example"),
+            "{command:?} --help lacks an example:\n{help}"
+        );
+        assert!(help.contains("shardflow "), "{command:?}");
+    }
+}
