@@ -10,6 +10,8 @@
 //!   machine is shared and noisy, so this runs in rounds — a batch of bare
 //!   commits, then a workflow of as many steps, on the same disk — and
 //!   reports the median of the per-round ratios;
+//! - `engine_cpu_step_us`: one no-op step on the in-memory journal (the
+//!   engine's own cost, no disk);
 //! - `replay_events_per_s`: folding 1,000,000 events into a state;
 //! - `verify_events_per_s`: decoding, hash-chain checking and folding them.
 
@@ -21,8 +23,8 @@ use redb::{Database, TableDefinition};
 use shardflow_store::{JournalOptions, RedbJournal};
 use shardflow_workflow::envelope::genesis_hash;
 use shardflow_workflow::{
-    replay, verify, Engine, EngineConfig, Envelope, EnvelopeV1, Event, Journal, Phase, SealedEvent,
-    Step, StepContext, StepError, Workflow, WorkflowId,
+    replay, verify, Engine, EngineConfig, Envelope, EnvelopeV1, Event, Journal, MemoryJournal,
+    Phase, SealedEvent, Step, StepContext, StepError, Workflow, WorkflowId,
 };
 
 const COMMITS: u32 = 200;
@@ -95,6 +97,18 @@ async fn step_us(engine: &Engine) -> f64 {
     started.elapsed().as_secs_f64() * 1e6 / STEPS as f64
 }
 
+/// One no-op step on the in-memory journal: the engine's own CPU cost.
+async fn engine_only_step_us() -> f64 {
+    let engine = Engine::new(Arc::new(MemoryJournal::default()), EngineConfig::default());
+    engine.register(ManySteps);
+    let mut samples: Vec<f64> = Vec::new();
+    for _ in 0..ROUNDS {
+        samples.push(step_us(&engine).await);
+    }
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
 /// Median of per-round (step, bare commit, ratio).
 async fn step_rounds(dir: &std::path::Path) -> (f64, f64, f64) {
     let bare = Database::create(dir.join("bare.redb")).expect("bare redb");
@@ -163,6 +177,7 @@ async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let appends_per_s = journal_appends_per_s(dir.path()).await;
     let (step, redb_commit_us, step_ratio) = step_rounds(dir.path()).await;
+    let engine_only = engine_only_step_us().await;
 
     let id = WorkflowId::new(1, 1);
     let sealed = synthetic(id, REPLAY_EVENTS);
@@ -182,6 +197,7 @@ async fn main() {
         "journal_appends_per_s": round(appends_per_s),
         "journal_append_us": round(1e6 / appends_per_s),
         "step_us": round(step),
+        "engine_cpu_step_us": round(engine_only),
         "step_overhead_ratio": round(step_ratio),
         "rounds": ROUNDS,
         "replay_events": REPLAY_EVENTS,

@@ -341,11 +341,20 @@ impl RedbJournal {
         Ok(doomed.len() as u64)
     }
 
+    /// Runs blocking redb work off the async executor: in place on a
+    /// multi-threaded runtime (the worker hands its other tasks to the rest
+    /// of the pool, and the append saves a thread hand-off), on the blocking
+    /// pool otherwise.
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce(RedbJournal) -> Result<T, JournalError> + Send + 'static,
     ) -> Result<T, JournalError> {
         let journal = self.clone();
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            return tokio::task::block_in_place(move || work(journal));
+        }
         tokio::task::spawn_blocking(move || work(journal))
             .await
             .map_err(|error| JournalError::Storage {

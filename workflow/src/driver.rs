@@ -6,17 +6,18 @@
 //! is durable before the step's code runs; a step's `StepSucceeded` is
 //! durable before the next step starts (it rides in the same atomic append as
 //! the next `StepStarted`, which is why one step costs one journal commit).
-//! A step runs in its own task, aborted if the driver is dropped, so a halted
-//! driver leaves no attempt running behind it.
+//! A step runs inline in the driver's task (a panic is caught and becomes a
+//! terminal failure), so a halted driver leaves no attempt running behind it.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::{watch, Mutex};
-use tokio::task::JoinHandle;
 
 use crate::decide::{compensation_outcome, decide, step_outcome, Decision, Plan};
 use crate::error::{EngineError, StepError};
@@ -35,15 +36,6 @@ pub(crate) struct Driver<I> {
     pub(crate) input: Arc<I>,
     pub(crate) writer: Arc<Mutex<InstanceWriter>>,
     pub(crate) cancel: watch::Receiver<bool>,
-}
-
-/// Aborts a spawned attempt if the driver awaiting it is dropped.
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 impl<I: Send + Sync + 'static> Driver<I> {
@@ -147,32 +139,58 @@ impl<I: Send + Sync + 'static> Driver<I> {
     }
 }
 
-/// Runs one attempt in its own task, under its timeout; a panic is a
-/// terminal failure of the attempt, not of the driver.
+/// Runs one attempt inline, under its timeout; a panic is a terminal
+/// failure of the attempt, not of the driver. Inline (not a spawned task)
+/// saves a cross-thread wake-up per step, and dropping the driver drops the
+/// attempt with it, so a halted driver leaves nothing running.
 async fn run_attempt<I: Send + Sync + 'static>(
     step: Arc<dyn Step<I>>,
     ctx: StepContext<I>,
     compensation: bool,
     timeout: Duration,
 ) -> Result<Vec<u8>, StepError> {
-    let mut task = AbortOnDrop(tokio::spawn(async move {
-        let work = async {
-            if compensation {
-                step.compensate(&ctx).await.map(|()| Vec::new())
-            } else {
-                step.run(&ctx).await
-            }
-        };
-        tokio::time::timeout(timeout, work).await
-    }));
-    match (&mut task.0).await {
+    let work = async {
+        if compensation {
+            step.compensate(&ctx).await.map(|()| Vec::new())
+        } else {
+            step.run(&ctx).await
+        }
+    };
+    match tokio::time::timeout(timeout, CatchUnwind(Box::pin(work))).await {
         Ok(Ok(result)) => result,
-        Ok(Err(_elapsed)) => Err(StepError::Retryable(format!(
+        Ok(Err(panic)) => Err(StepError::Terminal(format!(
+            "step panicked: {}",
+            panic_message(panic.as_ref())
+        ))),
+        Err(_elapsed) => Err(StepError::Retryable(format!(
             "attempt timed out after {} ms",
             timeout.as_millis()
         ))),
-        Err(join_error) => Err(StepError::Terminal(format!(
-            "step task failed: {join_error}"
-        ))),
     }
+}
+
+type Panic = Box<dyn std::any::Any + Send>;
+
+/// Polls a future, turning a panic inside it into an `Err`.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Panic>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(move || inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic payload".into())
 }
