@@ -12,7 +12,7 @@ use shardflow_node::rpc::{
     AdminRequest, AdminResponse, ClientRequest, ClientResponse, NodeRequest, NodeRequestV1,
     NodeResponse, NodeResponseV1, NodeStatus,
 };
-use shardflow_node::server::{Node, NodeConfig};
+use shardflow_node::server::{Node, NodeConfig, RaftTimings};
 use shardflow_node::transport::{ClusterTls, Transport, TransportConfig};
 use tokio::time::Instant;
 
@@ -22,13 +22,14 @@ struct Cluster {
     _dir: tempfile::TempDir,
 }
 
-async fn start_node(dir: &Path, id: u64) -> Node {
-    let config = NodeConfig::new(
+async fn start_node(dir: &Path, id: u64, listen: SocketAddr, timings: &RaftTimings) -> Node {
+    let mut config = NodeConfig::new(
         id,
-        "127.0.0.1:0".parse().expect("addr"),
+        listen,
         dir.join(format!("data-{id}")),
         dir.join("certs"),
     );
+    config.raft = timings.clone();
     Node::start(config).await.expect("node starts")
 }
 
@@ -79,11 +80,16 @@ async fn wait_ready(cluster: &Cluster, groups: u64) {
 }
 
 async fn cluster(groups: u64) -> Cluster {
+    cluster_with(groups, RaftTimings::default()).await
+}
+
+async fn cluster_with(groups: u64, timings: RaftTimings) -> Cluster {
     let dir = tempfile::tempdir().expect("tempdir");
     write_cluster_certs(&dir.path().join("certs"), &[1, 2, 3]).expect("certs");
     let mut nodes = Vec::new();
     for id in 1..=3 {
-        nodes.push(start_node(dir.path(), id).await);
+        let any_port = "127.0.0.1:0".parse().expect("addr");
+        nodes.push(start_node(dir.path(), id, any_port, &timings).await);
     }
     let tls =
         ClusterTls::load(&dir.path().join("certs"), PeerIdentity::admin()).expect("admin tls");
@@ -345,4 +351,76 @@ async fn permission_denied_for_client_certificates(cluster: &Cluster) {
         ClientResponse::Value(Some(b"v1".to_vec())),
         "nothing changed"
     );
+}
+
+// Proves a replica that fell behind a purged log receives the group's
+// snapshot (streamed over one QUIC stream), installs it and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_replica_catches_up_from_a_streamed_snapshot() {
+    let timings = RaftTimings {
+        snapshot_after_entries: 40,
+        logs_kept_after_snapshot: 0,
+        ..RaftTimings::default()
+    };
+    let mut cluster = cluster_with(1, timings.clone()).await;
+    let lagging = cluster.nodes.pop().expect("node 3");
+    let addr = lagging.local_addr();
+    let left_at = lagging
+        .raft(1)
+        .and_then(|r| r.metrics().borrow().last_applied)
+        .map_or(0, |l| l.index);
+    lagging.shutdown().await;
+    drop(lagging);
+    for i in 0..150 {
+        let put = ClientRequest::Put {
+            key: key(i),
+            value: format!("s{i}").into_bytes(),
+            epoch: 0,
+        };
+        assert_eq!(client(&cluster, put).await, ClientResponse::Done);
+    }
+    let leader = cluster.nodes[0].raft(1).expect("group 1 on node 1");
+    leader.trigger().snapshot().await.expect("snapshot");
+    let target = leader
+        .metrics()
+        .borrow()
+        .last_applied
+        .map_or(0, |l| l.index);
+    let purged = leader.metrics().borrow().purged.map_or(0, |l| l.index);
+    assert!(
+        purged > left_at,
+        "the leader purged past node 3's log ({purged} <= {left_at})"
+    );
+    let restarted = start_node(cluster._dir.path(), 3, addr, &timings).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let applied = restarted
+            .raft(1)
+            .and_then(|r| r.metrics().borrow().last_applied)
+            .map_or(0, |l| l.index);
+        if applied >= target {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 3 stuck at {applied} < {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let snapshot = restarted
+        .raft(1)
+        .and_then(|r| r.metrics().borrow().snapshot);
+    assert!(snapshot.is_some(), "node 3 installed a snapshot");
+    for i in 0..150 {
+        let local = restarted.read_local(key(i)).await.expect("local read");
+        assert_eq!(
+            local,
+            Some(format!("s{i}").into_bytes()),
+            "key {i} on the restarted replica"
+        );
+    }
+    cluster.nodes.push(restarted);
+    for node in &cluster.nodes {
+        node.shutdown().await;
+    }
 }

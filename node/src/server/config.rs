@@ -31,6 +31,9 @@ pub struct RaftTimings {
     pub install_snapshot_timeout: Duration,
     /// Take a snapshot after this many applied entries.
     pub snapshot_after_entries: u64,
+    /// Log entries kept behind a snapshot (a follower further behind gets
+    /// the snapshot instead).
+    pub logs_kept_after_snapshot: u64,
 }
 
 impl Default for RaftTimings {
@@ -41,6 +44,7 @@ impl Default for RaftTimings {
             election_max: Duration::from_millis(1500),
             install_snapshot_timeout: Duration::from_secs(30),
             snapshot_after_entries: 20_000,
+            logs_kept_after_snapshot: 1_000,
         }
     }
 }
@@ -84,7 +88,8 @@ impl NodeConfig {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
                 self.raft.snapshot_after_entries,
             ),
-            max_in_snapshot_log_to_keep: 1_000,
+            max_in_snapshot_log_to_keep: self.raft.logs_kept_after_snapshot,
+            purge_batch_size: 64,
             ..openraft::Config::default()
         }
         .validate()

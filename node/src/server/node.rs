@@ -166,6 +166,38 @@ impl Node {
         self.inner.groups.get(group).map(|g| g.raft)
     }
 
+    /// A key as this node's replica of its group applied it: no read index,
+    /// possibly stale. For tools and tests that inspect one replica.
+    pub async fn read_local(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, NodeError> {
+        let metadata = self.inner.refresh_metadata().await?;
+        let vshard = crate::vshard::vshard_of(&key);
+        let group = metadata
+            .route(vshard)
+            .map(|route| route.group)
+            .ok_or_else(|| {
+                NodeError::Config(format!(
+                    "node {} knows no route for vShard {vshard}",
+                    self.id()
+                ))
+            })?;
+        let runtime = self
+            .inner
+            .groups
+            .get(group)
+            .ok_or_else(|| NodeError::Raft {
+                group,
+                reason: format!("does not run on node {}", self.id()),
+            })?;
+        runtime
+            .state_machine
+            .get(key)
+            .await
+            .map_err(|error| NodeError::Raft {
+                group,
+                reason: error.to_string(),
+            })
+    }
+
     /// The metadata as this node's replica of group 0 applied it.
     pub async fn metadata(&self) -> Result<Arc<MetadataState>, NodeError> {
         self.inner.refresh_metadata().await
