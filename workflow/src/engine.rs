@@ -323,6 +323,14 @@ impl Engine {
         Ok(self.inner.journal.list(include_ended).await?)
     }
 
+    /// Deletes ended instances last updated more than `retention` ago; the
+    /// only way an ended instance leaves the journal (it is kept for audit
+    /// otherwise). Returns how many were pruned.
+    pub async fn prune_ended(&self, retention: std::time::Duration) -> Result<u64, EngineError> {
+        let cutoff = crate::writer::now_ms().saturating_sub(retention.as_millis() as u64);
+        Ok(self.inner.journal.prune_ended(cutoff).await?)
+    }
+
     /// Stops every driver at once, as a crash would (no event is journaled).
     /// Their instances resume from the journal on the next `resume_all`.
     pub fn halt(&self) {

@@ -222,3 +222,39 @@ async fn resume_refuses_a_changed_plan() {
     );
     assert_eq!(report.failed[0].0, id);
 }
+
+// Proves ended instances stay for audit until an explicit retention prunes
+// them, and running ones are never pruned.
+#[tokio::test]
+async fn ended_instances_are_pruned_only_by_explicit_retention() {
+    let journal = Arc::new(MemoryJournal::default());
+    let script = Script::default();
+    let engine = engine(&journal);
+    engine.register(Scripted::new(&["a"], &script));
+    let ended = engine.submit::<Scripted>(vec![]).await.expect("submit");
+    let status = engine.wait(ended).await.expect("wait");
+    assert_eq!(status.phase, Phase::Completed);
+    script.set("a", 1, false, Outcome::WaitForCancel);
+    let running = engine.submit::<Scripted>(vec![]).await.expect("submit");
+    script.wait_for_attempt("a").await;
+    assert_eq!(
+        engine
+            .prune_ended(Duration::from_secs(3600))
+            .await
+            .expect("prune"),
+        0
+    );
+    // Retention zero prunes what ended strictly before now: let the clock tick.
+    while shardflow_workflow::now_ms() <= status.updated_at_ms {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(engine.prune_ended(Duration::ZERO).await.expect("prune"), 1);
+    let left: Vec<WorkflowId> = engine
+        .list(true)
+        .await
+        .expect("list")
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(left, vec![running]);
+}
