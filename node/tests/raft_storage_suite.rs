@@ -158,8 +158,9 @@ fn temp_store() -> (TempDir, RaftStore) {
     (dir, store)
 }
 
-/// Sets vShard states directly in the store: the migration commands that
-/// move vShards into these states arrive with the next issue.
+/// Sets vShard states directly in the store, so that the owner check is
+/// tested for each state on its own (`migration_state_machine.rs` reaches
+/// them through the migration commands).
 fn set_vshard_states(store: &RaftStore, group: u64, states: &[(u16, VShardState)]) {
     let write = |sm: &mut shardflow_store::raft_store::SmWrite<'_>| {
         for (vshard, state) in states {

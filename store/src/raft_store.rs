@@ -17,9 +17,11 @@
 //! | `sm_vshards` | `(group, vshard)` | one vShard's state |
 //! | `sm_kv` | `(group, vshard, key)` | a value |
 //! | `sm_applied` | `(group, idempotency key)` | the first response to that key |
+//! | `sm_vshard_migrations` | `(group, vshard)` | a vShard's migration bookkeeping (tracking, fence, copy progress) |
+//! | `sm_changes` | `(group, vshard, log index)` | one change applied to a tracked vShard |
 //! | `raft_snapshots` | `(group, name)` | the current snapshot: position, meta, data |
 //!
-//! The state machine of a group is the four `sm_*` tables; a snapshot
+//! The state machine of a group is the six `sm_*` tables; a snapshot
 //! exports and imports exactly those ([`StateMachineExport`]). The current
 //! snapshot lives apart, in `raft_snapshots`, because it must not be part of
 //! the state it snapshots and it is replaced only by a newer one.
@@ -67,8 +69,8 @@ use redb::{Database, ReadableDatabase, TableDefinition, WriteTransaction};
 
 pub use redb::Durability;
 pub use state_machine::{
-    KvPairs, KvRows, SmRead, SmWrite, StateMachineExport, StateMachineRead, StateMachineView,
-    StoredSnapshot,
+    ChangeRows, KvPairs, KvRows, SmRead, SmWrite, StateMachineExport, StateMachineRead,
+    StateMachineView, StoredSnapshot,
 };
 
 pub(crate) const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("raft_log");
@@ -79,6 +81,10 @@ pub(crate) const SM_VSHARDS: TableDefinition<(u64, u16), &[u8]> =
 pub(crate) const SM_KV: TableDefinition<(u64, u16, &[u8]), &[u8]> = TableDefinition::new("sm_kv");
 pub(crate) const SM_APPLIED: TableDefinition<(u64, &str), &[u8]> =
     TableDefinition::new("sm_applied");
+pub(crate) const SM_MIGRATIONS: TableDefinition<(u64, u16), &[u8]> =
+    TableDefinition::new("sm_vshard_migrations");
+pub(crate) const SM_CHANGES: TableDefinition<(u64, u16, u64), &[u8]> =
+    TableDefinition::new("sm_changes");
 pub(crate) const SNAPSHOTS: TableDefinition<(u64, &str), &[u8]> =
     TableDefinition::new("raft_snapshots");
 
@@ -195,6 +201,8 @@ fn create_tables(txn: &WriteTransaction) -> Result<(), redb::Error> {
     txn.open_table(SM_VSHARDS)?;
     txn.open_table(SM_KV)?;
     txn.open_table(SM_APPLIED)?;
+    txn.open_table(SM_MIGRATIONS)?;
+    txn.open_table(SM_CHANGES)?;
     txn.open_table(SNAPSHOTS)?;
     Ok(())
 }
@@ -390,6 +398,9 @@ mod tests {
                 sm.put_vshard(u16::MAX, &[tag])?;
                 sm.put_kv(u16::MAX, b"k", &[tag])?;
                 sm.put_kv(0, b"", &[tag])?;
+                sm.put_vshard_migration(u16::MAX, &[tag])?;
+                sm.put_change(u16::MAX, u64::MAX, &[tag])?;
+                sm.put_change(0, 0, &[tag])?;
                 sm.put_applied("wf-1/Step", &[tag])
             })
             .expect("state machine");
@@ -422,6 +433,9 @@ mod tests {
             let kv = vec![(0, vec![], vec![tag]), (u16::MAX, b"k".to_vec(), vec![tag])];
             assert_eq!(export.kv, kv);
             assert_eq!(export.applied, vec![("wf-1/Step".into(), vec![tag])]);
+            assert_eq!(export.vshard_migrations, vec![(u16::MAX, vec![tag])]);
+            let changes = vec![(0, 0, vec![tag]), (u16::MAX, u64::MAX, vec![tag])];
+            assert_eq!(export.changes, changes);
         }
         store.group(u64::MAX - 1).remove_group().expect("remove");
         let removed = store.group(u64::MAX - 1);
@@ -507,6 +521,107 @@ mod tests {
         assert_eq!(neighbours.len(), 3, "other vShards untouched");
     }
 
+    /// Bounded exports stop at the pair or byte budget (always returning at
+    /// least one pair) and say whether more follow; key listings copy no
+    /// values; the visitor sees every pair in order.
+    #[test]
+    fn bounded_exports_and_key_listings() {
+        let (_dir, store) = temp_store();
+        let group = store.group(1);
+        group
+            .write_state_machine(Durability::Immediate, |sm| {
+                sm.put_kv(4, b"a", &[0; 10])?;
+                sm.put_kv(4, b"b", &[0; 10])?;
+                sm.put_kv(4, b"c", &[0; 100])?;
+                sm.put_kv(5, b"z", b"other vShard")
+            })
+            .expect("write");
+        let keys = |pairs: &KvPairs| pairs.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        let read = |after: Option<&[u8]>, pairs, bytes| {
+            group
+                .read_state_machine(|sm| sm.scan_kv_bounded(4, after, pairs, bytes))
+                .expect("scan")
+        };
+        let (page, more) = read(None, 10, 22);
+        assert_eq!(
+            (keys(&page), more),
+            (vec![b"a".to_vec(), b"b".to_vec()], true)
+        );
+        let (page, more) = read(Some(b"b"), 10, 5);
+        assert_eq!(
+            (keys(&page), more),
+            (vec![b"c".to_vec()], false),
+            "one pair over budget"
+        );
+        let (page, more) = read(None, 1, usize::MAX);
+        assert_eq!((keys(&page), more), (vec![b"a".to_vec()], true));
+        let (page, more) = read(Some(b"c"), 10, 10);
+        assert_eq!((page.len(), more), (0, false));
+        let listed = group
+            .read_state_machine(|sm| sm.vshard_keys(4, 2))
+            .expect("keys");
+        assert_eq!(listed, vec![b"a".to_vec(), b"b".to_vec()]);
+        let mut seen = Vec::new();
+        group
+            .read_state_machine(|sm| sm.visit_kv(4, &mut |k, v| seen.push((k.to_vec(), v.len()))))
+            .expect("visit");
+        assert_eq!(
+            seen,
+            vec![
+                (b"a".to_vec(), 10),
+                (b"b".to_vec(), 10),
+                (b"c".to_vec(), 100)
+            ]
+        );
+    }
+
+    /// Recorded changes read back in index order after a given index, per
+    /// vShard, and a trim removes exactly the rows up to its index.
+    #[test]
+    fn changes_read_and_trim() {
+        let (_dir, store) = temp_store();
+        let group = store.group(1);
+        group
+            .write_state_machine(Durability::Immediate, |sm| {
+                for index in [3, 5, 9, 12] {
+                    sm.put_change(4, index, &[index as u8])?;
+                }
+                sm.put_change(5, 4, b"x")?;
+                sm.put_vshard_migration(4, b"m")
+            })
+            .expect("write");
+        let indexes = |after, limit| {
+            group
+                .read_state_machine(|sm| sm.changes(4, after, limit))
+                .expect("changes")
+                .into_iter()
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(indexes(0, 10), vec![3, 5, 9, 12]);
+        assert_eq!(indexes(5, 10), vec![9, 12]);
+        assert_eq!(indexes(3, 1), vec![5]);
+        group
+            .write_state_machine(Durability::Immediate, |sm| sm.trim_changes(4, 9))
+            .expect("trim");
+        assert_eq!(indexes(0, 10), vec![12]);
+        let other = group
+            .read_state_machine(|sm| sm.changes(5, 0, 10))
+            .expect("changes");
+        assert_eq!(other, vec![(4, b"x".to_vec())], "other vShards untouched");
+        let listed = group
+            .read_state_machine(|sm| sm.vshard_migrations())
+            .expect("migrations");
+        assert_eq!(listed, vec![(4, b"m".to_vec())]);
+        group
+            .write_state_machine(Durability::Immediate, |sm| sm.remove_vshard_migration(4))
+            .expect("remove");
+        let gone = group
+            .read_state_machine(|sm| sm.vshard_migration(4))
+            .expect("read");
+        assert_eq!(gone, None);
+    }
+
     /// A failed state-machine write leaves nothing behind.
     #[test]
     fn failed_write_aborts_whole() {
@@ -547,6 +662,8 @@ mod tests {
             vshards: vec![(3, vec![0])],
             kv: vec![(3, b"new".to_vec(), b"y".to_vec())],
             applied: vec![],
+            vshard_migrations: vec![(3, vec![7])],
+            changes: vec![(3, 12, vec![8])],
         };
         group.install_snapshot(&state, &at(4)).expect("install");
         assert_eq!(group.export_state_machine().expect("export"), state);

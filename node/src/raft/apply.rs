@@ -19,7 +19,10 @@ use super::records::{
 };
 use super::types::{Entry, EntryPayload};
 use crate::command::{Command, DataOp, GroupKind, MetadataOp, Op, Rejection, Response, ResponseV1};
-use crate::data::{self, DataMutation, DataView, VShardRecord, VShardState};
+use crate::data::{
+    self, ChangeRecordRef, DataMutation, DataView, VShardMigration, VShardMigrationRecord,
+    VShardRecord, VShardState,
+};
 use crate::metadata::{self, MetadataRecord, MetadataState};
 
 /// Applies one entry of a group of `kind`; returns its response.
@@ -59,7 +62,7 @@ fn apply_command(
     }
     let response = match (kind, command.op()) {
         (GroupKind::Metadata, Op::Metadata(op)) => apply_metadata(sm, op)?,
-        (GroupKind::Data, Op::Data(op)) => apply_data(sm, op)?,
+        (GroupKind::Data, Op::Data(op)) => apply_data(sm, index, op)?,
         (_, op) => Rejection::WrongGroupKind {
             expected: op.group_kind(),
         }
@@ -92,13 +95,14 @@ pub(crate) fn load_metadata<R: StateMachineRead>(
 
 fn apply_metadata(sm: &mut SmWrite<'_>, op: &MetadataOp) -> Result<Response, RaftStorageError> {
     let mut state = load_metadata(sm)?;
-    if let Err(rejection) = metadata::apply(&mut state, op) {
-        return Ok(rejection.into());
-    }
+    let response = match metadata::apply(&mut state, op) {
+        Ok(response) => response,
+        Err(rejection) => return Ok(rejection.into()),
+    };
     let record = MetadataRecord::V1(state);
     let bytes = encode("the metadata state", &record).in_group(sm.group())?;
     sm.put_meta(METADATA_KEY, &bytes)?;
-    Ok(ResponseV1::Done.into())
+    Ok(response.into())
 }
 
 /// The stored state of one vShard.
@@ -113,6 +117,19 @@ pub(crate) fn load_vshard<R: StateMachineRead>(
     Ok(Some(record.into()))
 }
 
+/// The stored migration record of one vShard.
+pub(crate) fn load_vshard_migration<R: StateMachineRead>(
+    sm: &R,
+    vshard: u16,
+) -> Result<Option<VShardMigration>, RaftStorageError> {
+    let Some(bytes) = sm.vshard_migration(vshard)? else {
+        return Ok(None);
+    };
+    let what = "a vShard's migration record";
+    let record: VShardMigrationRecord = decode(what, &bytes).in_group(sm.group())?;
+    Ok(Some(record.into()))
+}
+
 /// The data logic's view of the stored state machine.
 pub(crate) struct StoredView<'r, R>(pub(crate) &'r R);
 
@@ -121,17 +138,25 @@ impl<R: StateMachineRead> DataView for StoredView<'_, R> {
     fn vshard_state(&self, vshard: u16) -> Result<Option<VShardState>, RaftStorageError> {
         load_vshard(self.0, vshard)
     }
+
+    fn vshard_migration(&self, vshard: u16) -> Result<Option<VShardMigration>, RaftStorageError> {
+        load_vshard_migration(self.0, vshard)
+    }
+
+    fn vshard_keys(&self, vshard: u16, limit: usize) -> Result<Vec<Vec<u8>>, RaftStorageError> {
+        Ok(self.0.vshard_keys(vshard, limit)?)
+    }
 }
 
-fn apply_data(sm: &mut SmWrite<'_>, op: &DataOp) -> Result<Response, RaftStorageError> {
-    let mutations = match data::apply(&StoredView(&*sm), op)? {
-        Ok(mutations) => mutations,
+fn apply_data(sm: &mut SmWrite<'_>, index: u64, op: &DataOp) -> Result<Response, RaftStorageError> {
+    let effect = match data::apply(&StoredView(&*sm), index, op)? {
+        Ok(effect) => effect,
         Err(rejection) => return Ok(rejection.into()),
     };
-    for mutation in mutations {
+    for mutation in effect.mutations {
         write_mutation(sm, mutation)?;
     }
-    Ok(ResponseV1::Done.into())
+    Ok(effect.response.into())
 }
 
 fn write_mutation(
@@ -143,10 +168,33 @@ fn write_mutation(
             let bytes = encode("a vShard state", &VShardRecord::V1(state)).in_group(sm.group())?;
             sm.put_vshard(vshard, &bytes)?;
         }
+        DataMutation::RemoveVShard { vshard } => sm.remove_vshard(vshard)?,
+        DataMutation::SetMigration { vshard, record } => {
+            let what = "a vShard's migration record";
+            let bytes = encode(what, &VShardMigrationRecord::V1(record)).in_group(sm.group())?;
+            sm.put_vshard_migration(vshard, &bytes)?;
+        }
+        DataMutation::RemoveMigration { vshard } => sm.remove_vshard_migration(vshard)?,
         DataMutation::Put { vshard, key, value } => sm.put_kv(vshard, key, value)?,
         DataMutation::Delete { vshard, key } => {
             sm.delete_kv(vshard, key)?;
         }
+        DataMutation::DeleteKeys { vshard, keys } => {
+            sm.delete_keys(vshard, &keys)?;
+        }
+        DataMutation::RecordChange {
+            vshard,
+            index,
+            change,
+        } => {
+            let bytes =
+                encode("a recorded change", &ChangeRecordRef::V1(change)).in_group(sm.group())?;
+            sm.put_change(vshard, index, &bytes)?;
+        }
+        DataMutation::TrimChanges {
+            vshard,
+            up_to_index,
+        } => sm.trim_changes(vshard, up_to_index)?,
     }
     Ok(())
 }

@@ -27,7 +27,9 @@ pub mod types;
 
 pub use error::RaftStorageError;
 pub use log_storage::LogStore;
-pub use state_machine::{ReadError, SnapshotBuilder, StateMachineStore};
+pub use state_machine::{
+    ChangesError, ChangesPage, DigestAt, ExportChunk, ReadError, SnapshotBuilder, StateMachineStore,
+};
 pub use types::{NodeAddr, NodeId, TypeConfig};
 
 use shardflow_store::RaftStore;

@@ -157,13 +157,17 @@ pub enum AppliedRecord {
     },
 }
 
-/// A snapshot's data: the group's state-machine rows, as stored.
+/// A snapshot's data: the group's state-machine rows, as stored. Builds
+/// write the newest version; installs read every version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SnapshotData {
+    /// Before migrations: no migration records, no recorded changes.
     V1(SnapshotRowsV1),
+    /// With the vShards' migration records and their recorded changes.
+    V2(SnapshotRowsV2),
 }
 
-/// Every state-machine row of a group (see `shardflow_store::raft_store`).
+/// Every state-machine row of a group, before migrations.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotRowsV1 {
     pub meta: Vec<(String, Vec<u8>)>,
@@ -172,24 +176,64 @@ pub struct SnapshotRowsV1 {
     pub applied: Vec<(String, Vec<u8>)>,
 }
 
-impl From<StateMachineExport> for SnapshotRowsV1 {
+/// Every state-machine row of a group (see `shardflow_store::raft_store`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRowsV2 {
+    pub meta: Vec<(String, Vec<u8>)>,
+    pub vshards: Vec<(u16, Vec<u8>)>,
+    pub kv: Vec<(u16, Vec<u8>, Vec<u8>)>,
+    pub applied: Vec<(String, Vec<u8>)>,
+    /// `(vshard, migration record)`.
+    pub vshard_migrations: Vec<(u16, Vec<u8>)>,
+    /// `(vshard, log index, recorded change)`.
+    pub changes: Vec<(u16, u64, Vec<u8>)>,
+}
+
+impl From<StateMachineExport> for SnapshotRowsV2 {
     fn from(e: StateMachineExport) -> Self {
         Self {
             meta: e.meta,
             vshards: e.vshards,
             kv: e.kv,
             applied: e.applied,
+            vshard_migrations: e.vshard_migrations,
+            changes: e.changes,
         }
     }
 }
 
-impl From<SnapshotRowsV1> for StateMachineExport {
+impl From<SnapshotRowsV2> for StateMachineExport {
+    fn from(r: SnapshotRowsV2) -> Self {
+        Self {
+            meta: r.meta,
+            vshards: r.vshards,
+            kv: r.kv,
+            applied: r.applied,
+            vshard_migrations: r.vshard_migrations,
+            changes: r.changes,
+        }
+    }
+}
+
+impl From<SnapshotRowsV1> for SnapshotRowsV2 {
     fn from(r: SnapshotRowsV1) -> Self {
         Self {
             meta: r.meta,
             vshards: r.vshards,
             kv: r.kv,
             applied: r.applied,
+            vshard_migrations: Vec::new(),
+            changes: Vec::new(),
+        }
+    }
+}
+
+impl SnapshotData {
+    /// The rows, whatever the version.
+    pub fn into_rows(self) -> SnapshotRowsV2 {
+        match self {
+            SnapshotData::V1(rows) => rows.into(),
+            SnapshotData::V2(rows) => rows,
         }
     }
 }
@@ -441,9 +485,24 @@ mod tests {
             applied: vec![("i".into(), vec![9])],
         };
         golden(
-            SnapshotData::V1(rows),
+            SnapshotData::V1(rows.clone()),
             "0001016d0101010201000102016b01760101690109",
         );
+        let v2 = SnapshotRowsV2 {
+            vshard_migrations: vec![(2, vec![3])],
+            changes: vec![(2, 300, vec![4])],
+            ..SnapshotRowsV2::from(rows.clone())
+        };
+        golden(
+            SnapshotData::V2(v2.clone()),
+            "0101016d0101010201000102016b01760101690109010201030102ac020104",
+        );
+        let upcast = SnapshotData::V1(rows).into_rows();
+        assert_eq!(
+            (upcast.vshard_migrations.len(), upcast.changes.len()),
+            (0, 0)
+        );
+        assert_eq!(upcast.kv, v2.kv);
     }
 
     /// Entries survive the round trip through openraft types, and the

@@ -19,6 +19,9 @@
 //! - Local reads apply the same owner check as writes, but are not
 //!   linearizable on their own: the caller first confirms leadership and
 //!   waits for the read index (`Raft::ensure_linearizable`).
+//! - The migration reads (`export_chunk`, `changes_after`, `vshard_digest`)
+//!   each come from one redb read transaction, so what they return is
+//!   consistent with the applied index they report.
 
 use std::io::Cursor;
 
@@ -27,7 +30,7 @@ use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use shardflow_store::raft_store::{Durability, StateMachineRead, StoredSnapshot};
 use shardflow_store::GroupStore;
 
-use super::apply::{apply_entry, load_metadata, load_vshard};
+use super::apply::{apply_entry, load_metadata, load_vshard, load_vshard_migration};
 use super::error::{blocking, run_blocking, InGroup, RaftStorageError};
 use super::records::{
     decode, decode_log_id, decode_snapshot_meta, encode, encode_log_id, encode_snapshot_meta,
@@ -36,8 +39,11 @@ use super::records::{
 use super::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
-use crate::command::{GroupKind, Rejection, Response};
-use crate::data::{check_serving, VShardRecord, VShardState};
+use crate::command::{Change, GroupKind, Rejection, Response};
+use crate::data::{
+    check_serving, ChangeRecord, VShardDigest, VShardDigester, VShardMigration,
+    VShardMigrationRecord, VShardRecord, VShardState,
+};
 use crate::metadata::MetadataState;
 use crate::vshard::{is_valid, vshard_of};
 
@@ -48,6 +54,55 @@ pub enum ReadError {
     Rejected(#[from] Rejection),
     #[error(transparent)]
     Storage(#[from] RaftStorageError),
+}
+
+/// Reading recorded changes failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangesError {
+    /// The change table cannot answer: the vShard is not tracked here, or
+    /// changes in the range asked were trimmed or never recorded.
+    #[error("vShard {vshard}: the changes after index {after_index} are not available: {reason}")]
+    Unavailable {
+        vshard: u16,
+        after_index: u64,
+        reason: String,
+    },
+    #[error(transparent)]
+    Storage(#[from] RaftStorageError),
+}
+
+/// A chunk of a vShard's base copy, read from one consistent snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportChunk {
+    /// The migration tracking the vShard's changes.
+    pub migration: String,
+    /// Pairs in key order, after the key asked for.
+    pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The last applied log index of the snapshot the pairs come from.
+    pub applied_index: u64,
+    /// Whether the vShard holds pairs after the last one returned.
+    pub more: bool,
+}
+
+/// Recorded changes of a tracked vShard, read from one consistent snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangesPage {
+    /// The migration tracking the vShard.
+    pub migration: String,
+    /// `(source log index, change)`, in index order.
+    pub changes: Vec<(u64, Change)>,
+    /// The last applied log index of the snapshot. If fewer changes than
+    /// the limit came back, every change up to this index is included.
+    pub applied_index: u64,
+}
+
+/// A vShard's digest at one applied index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DigestAt {
+    /// The vShard's state here (the digest covers its keys in any state).
+    pub state: Option<VShardState>,
+    pub digest: VShardDigest,
+    pub applied_index: u64,
 }
 
 /// One group's state machine. Cheap to clone; clones share the store.
@@ -138,7 +193,7 @@ fn build_snapshot(store: &GroupStore) -> Result<(SnapshotMeta, Vec<u8>), RaftSto
     let group = store.group();
     let export = store.export_state_machine()?;
     let (last_log_id, last_membership) = applied_state_in_rows(group, &export.meta)?;
-    let data = encode("snapshot data", &SnapshotData::V1(export.into())).in_group(group)?;
+    let data = encode("snapshot data", &SnapshotData::V2(export.into())).in_group(group)?;
     let meta = SnapshotMeta {
         snapshot_id: snapshot_id(last_log_id.as_ref(), &data),
         last_log_id,
@@ -159,7 +214,9 @@ fn install_snapshot(
     data: Vec<u8>,
 ) -> Result<(), RaftStorageError> {
     let group = store.group();
-    let SnapshotData::V1(rows) = decode("snapshot data", &data).in_group(group)?;
+    let rows = decode::<SnapshotData>("snapshot data", &data)
+        .in_group(group)?
+        .into_rows();
     let (last_applied, membership) = applied_state_in_rows(group, &rows.meta)?;
     if last_applied != meta.last_log_id || membership != meta.last_membership {
         return Err(RaftStorageError::Inconsistent {
@@ -187,6 +244,51 @@ fn current_snapshot(
     };
     let meta = decode_snapshot_meta(&stored.meta).in_group(store.group())?;
     Ok(Some((meta, stored.data)))
+}
+
+/// The last applied log index in a read view (0 before any).
+fn applied_index<R: StateMachineRead>(sm: &R) -> Result<u64, RaftStorageError> {
+    let last = decode_log_id(sm.meta(LAST_APPLIED_KEY)?.as_deref()).in_group(sm.group())?;
+    Ok(last.map_or(0, |id| id.index))
+}
+
+fn read_changes<R: StateMachineRead>(
+    sm: &R,
+    vshard: u16,
+    after_index: u64,
+    limit: usize,
+) -> Result<Result<ChangesPage, ChangesError>, RaftStorageError> {
+    let unavailable = |reason: String| ChangesError::Unavailable {
+        vshard,
+        after_index,
+        reason,
+    };
+    let source = match load_vshard_migration(sm, vshard)? {
+        Some(VShardMigration::Source(source)) if source.tracking => source,
+        Some(VShardMigration::Source(source)) => {
+            let reason = format!("migration {} stopped tracking it", source.migration);
+            return Ok(Err(unavailable(reason)));
+        }
+        _ => return Ok(Err(unavailable("it is not tracked here".to_string()))),
+    };
+    if after_index < source.trimmed_up_to {
+        let reason = format!(
+            "only changes after index {} are kept (tracking began at {})",
+            source.trimmed_up_to, source.since_index
+        );
+        return Ok(Err(unavailable(reason)));
+    }
+    let group = sm.group();
+    let mut changes = Vec::new();
+    for (index, bytes) in sm.changes(vshard, after_index, limit)? {
+        let ChangeRecord::V1(change) = decode("a recorded change", &bytes).in_group(group)?;
+        changes.push((index, change));
+    }
+    Ok(Ok(ChangesPage {
+        migration: source.migration,
+        changes,
+        applied_index: applied_index(sm)?,
+    }))
 }
 
 impl StateMachineStore {
@@ -294,6 +396,143 @@ impl StateMachineStore {
             })
             .await?;
         Ok(outcome?)
+    }
+}
+
+/// The reads of the migration steps.
+impl StateMachineStore {
+    /// Up to `max_pairs` pairs (and about `max_bytes` of keys and values,
+    /// at least one pair) of `vshard` after `after_key`, with the applied
+    /// index they are consistent with: one chunk of a base copy.
+    ///
+    /// Only a migration's source exports: the vShard must be `Owned` or
+    /// `Fenced` *and* tracking its changes. A chunk read before tracking
+    /// began could miss a write applied between its read and the
+    /// `TrackChanges` entry; refusing it makes that mistake impossible.
+    pub async fn export_chunk(
+        &self,
+        vshard: u16,
+        after_key: Option<Vec<u8>>,
+        max_pairs: usize,
+        max_bytes: usize,
+    ) -> Result<ExportChunk, ReadError> {
+        let outcome = self
+            .read("exporting a vShard chunk", move |store| {
+                store.read_state_machine(|sm| {
+                    let state = load_vshard(sm, vshard)?;
+                    let serving =
+                        matches!(state, Some(VShardState::Owned | VShardState::Fenced { .. }));
+                    let migration = match load_vshard_migration(sm, vshard)? {
+                        Some(VShardMigration::Source(source)) if serving && source.tracking => {
+                            source.migration
+                        }
+                        record => {
+                            let mut found = VShardState::describe(state.as_ref());
+                            if let Some(record) = record {
+                                found += &format!(", migration {}", record.migration());
+                            }
+                            return Ok(Err(Rejection::WrongState {
+                                vshard,
+                                found,
+                                needs: "Owned or Fenced and tracking its changes (the source \
+                                        of a migration, after TrackChanges)"
+                                    .to_string(),
+                            }));
+                        }
+                    };
+                    let (pairs, more) =
+                        sm.scan_kv_bounded(vshard, after_key.as_deref(), max_pairs, max_bytes)?;
+                    let applied_index = applied_index(sm)?;
+                    Ok(Ok(ExportChunk {
+                        migration,
+                        pairs,
+                        applied_index,
+                        more,
+                    }))
+                })
+            })
+            .await?;
+        Ok(outcome?)
+    }
+
+    /// Up to `limit` changes recorded for the tracked `vshard` after log
+    /// index `after_index`, with the applied index they are consistent
+    /// with. Refused if the vShard is not tracked here or changes after
+    /// `after_index` were trimmed or never recorded.
+    pub async fn changes_after(
+        &self,
+        vshard: u16,
+        after_index: u64,
+        limit: usize,
+    ) -> Result<ChangesPage, ChangesError> {
+        self.read("reading recorded changes", move |store| {
+            store.read_state_machine(|sm| read_changes(sm, vshard, after_index, limit))
+        })
+        .await?
+    }
+
+    /// The digest of `vshard`'s data here, whatever its state (an
+    /// `Incoming` copy included), with the applied index it is at.
+    pub async fn vshard_digest(&self, vshard: u16) -> Result<DigestAt, RaftStorageError> {
+        self.read("digesting a vShard", move |store| {
+            store.read_state_machine(|sm| {
+                let state = load_vshard(sm, vshard)?;
+                let mut digester = VShardDigester::new();
+                sm.visit_kv(vshard, &mut |key, value| digester.update(key, value))?;
+                Ok(DigestAt {
+                    state,
+                    digest: digester.finish(),
+                    applied_index: applied_index(sm)?,
+                })
+            })
+        })
+        .await
+    }
+
+    /// The migration record of `vshard` here (tracking, fence, copy
+    /// progress), if it has one.
+    pub async fn vshard_migration(
+        &self,
+        vshard: u16,
+    ) -> Result<Option<VShardMigration>, RaftStorageError> {
+        self.read("reading a vShard's migration", move |store| {
+            store.read_state_machine(|sm| load_vshard_migration(sm, vshard))
+        })
+        .await
+    }
+
+    /// Every vShard with a migration record here (what a group's reaper
+    /// walks: fences past their deadline, tracking of finished migrations).
+    pub async fn vshard_migrations(&self) -> Result<Vec<(u16, VShardMigration)>, RaftStorageError> {
+        self.read("listing vShard migrations", |store| {
+            let group = store.group();
+            let rows = store
+                .read_state_machine(|sm| Ok::<_, RaftStorageError>(sm.vshard_migrations()?))?;
+            let decode_row = |(vshard, bytes): (u16, Vec<u8>)| {
+                let what = "a vShard's migration record";
+                let record: VShardMigrationRecord = decode(what, &bytes).in_group(group)?;
+                Ok((vshard, record.into()))
+            };
+            rows.into_iter().map(decode_row).collect()
+        })
+        .await
+    }
+
+    /// The log index of the fence on `vshard`, if it is fenced here.
+    pub async fn fence_index(&self, vshard: u16) -> Result<Option<u64>, RaftStorageError> {
+        self.read("reading a fence", move |store| {
+            store.read_state_machine(|sm| {
+                let fenced = matches!(load_vshard(sm, vshard)?, Some(VShardState::Fenced { .. }));
+                let record = load_vshard_migration(sm, vshard)?;
+                Ok(match record {
+                    Some(VShardMigration::Source(source)) if fenced => {
+                        source.fence.map(|fence| fence.index)
+                    }
+                    _ => None,
+                })
+            })
+        })
+        .await
     }
 }
 

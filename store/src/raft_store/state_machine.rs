@@ -12,13 +12,14 @@ use std::ops::Bound;
 use redb::{ReadOnlyTable, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 
 use super::{
-    group_end, Doing, Durability, GroupStore, RaftStoreError, SM_APPLIED, SM_KV, SM_META,
-    SM_VSHARDS, SNAPSHOTS,
+    group_end, Doing, Durability, GroupStore, RaftStoreError, SM_APPLIED, SM_CHANGES, SM_KV,
+    SM_META, SM_MIGRATIONS, SM_VSHARDS, SNAPSHOTS,
 };
 
 type StrKey = (u64, &'static str);
 type VShardKey = (u64, u16);
 type KvKey = (u64, u16, &'static [u8]);
+type ChangeKey = (u64, u16, u64);
 type Bytes = &'static [u8];
 type KvBound<'a> = Bound<(u64, u16, &'a [u8])>;
 
@@ -26,14 +27,18 @@ type KvBound<'a> = Bound<(u64, u16, &'a [u8])>;
 pub type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
 /// `(vshard, key, value)` rows.
 pub type KvRows = Vec<(u16, Vec<u8>, Vec<u8>)>;
+/// `(vshard, log index, change)` rows.
+pub type ChangeRows = Vec<(u16, u64, Vec<u8>)>;
 
 /// A group's state-machine tables, over a read or a write transaction.
-pub struct StateMachineView<M, V, K, A> {
+pub struct StateMachineView<M, V, K, A, G, C> {
     group: u64,
     meta: M,
     vshards: V,
     kv: K,
     applied: A,
+    migrations: G,
+    changes: C,
 }
 
 /// The state-machine tables of a read transaction (a consistent snapshot).
@@ -42,6 +47,8 @@ pub type SmRead = StateMachineView<
     ReadOnlyTable<VShardKey, Bytes>,
     ReadOnlyTable<KvKey, Bytes>,
     ReadOnlyTable<StrKey, Bytes>,
+    ReadOnlyTable<VShardKey, Bytes>,
+    ReadOnlyTable<ChangeKey, Bytes>,
 >;
 
 /// The state-machine tables of a write transaction.
@@ -50,6 +57,8 @@ pub type SmWrite<'txn> = StateMachineView<
     Table<'txn, VShardKey, Bytes>,
     Table<'txn, KvKey, Bytes>,
     Table<'txn, StrKey, Bytes>,
+    Table<'txn, VShardKey, Bytes>,
+    Table<'txn, ChangeKey, Bytes>,
 >;
 
 /// Reads of one group's state machine, the same over [`SmRead`] and
@@ -74,6 +83,37 @@ pub trait StateMachineRead {
     ) -> Result<KvPairs, RaftStoreError>;
     /// The response recorded for an idempotency key.
     fn applied(&self, key: &str) -> Result<Option<Vec<u8>>, RaftStoreError>;
+    /// Up to `limit` keys of one vShard in key order (values not copied).
+    fn vshard_keys(&self, vshard: u16, limit: usize) -> Result<Vec<Vec<u8>>, RaftStoreError>;
+    /// Pairs of one vShard in key order after `after`: at most `max_pairs`,
+    /// and no more than `max_bytes` of keys and values (but at least one
+    /// pair, so a single large value still makes progress); and whether
+    /// the vShard holds more pairs after the last one returned.
+    fn scan_kv_bounded(
+        &self,
+        vshard: u16,
+        after: Option<&[u8]>,
+        max_pairs: usize,
+        max_bytes: usize,
+    ) -> Result<(KvPairs, bool), RaftStoreError>;
+    /// Calls `visit` with every pair of one vShard, in key order.
+    fn visit_kv(
+        &self,
+        vshard: u16,
+        visit: &mut dyn FnMut(&[u8], &[u8]),
+    ) -> Result<(), RaftStoreError>;
+    /// One vShard's encoded migration bookkeeping.
+    fn vshard_migration(&self, vshard: u16) -> Result<Option<Vec<u8>>, RaftStoreError>;
+    /// Every vShard with migration bookkeeping, in vShard order.
+    fn vshard_migrations(&self) -> Result<Vec<(u16, Vec<u8>)>, RaftStoreError>;
+    /// Up to `limit` recorded changes of one vShard with a log index after
+    /// `after_index`, in index order.
+    fn changes(
+        &self,
+        vshard: u16,
+        after_index: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, RaftStoreError>;
 }
 
 /// The range of one vShard's keys in `sm_kv`, starting after `after`.
@@ -89,12 +129,25 @@ fn vshard_range(group: u64, vshard: u16, after: Option<&[u8]>) -> (KvBound<'_>, 
     (lower, upper)
 }
 
-impl<M, V, K, A> StateMachineRead for StateMachineView<M, V, K, A>
+/// The range of one vShard's recorded changes after `after_index`.
+fn changes_range(
+    group: u64,
+    vshard: u16,
+    after_index: u64,
+) -> (Bound<ChangeKey>, Bound<ChangeKey>) {
+    let lower = Bound::Excluded((group, vshard, after_index));
+    let upper = Bound::Included((group, vshard, u64::MAX));
+    (lower, upper)
+}
+
+impl<M, V, K, A, G, C> StateMachineRead for StateMachineView<M, V, K, A, G, C>
 where
     M: ReadableTable<StrKey, Bytes>,
     V: ReadableTable<VShardKey, Bytes>,
     K: ReadableTable<KvKey, Bytes>,
     A: ReadableTable<StrKey, Bytes>,
+    G: ReadableTable<VShardKey, Bytes>,
+    C: ReadableTable<ChangeKey, Bytes>,
 {
     fn group(&self) -> u64 {
         self.group
@@ -157,6 +210,97 @@ where
             .get((self.group, key))
             .doing(self.group, "reading an applied idempotency key")?;
         Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    fn vshard_keys(&self, vshard: u16, limit: usize) -> Result<Vec<Vec<u8>>, RaftStoreError> {
+        const DOING: &str = "listing a vShard's keys";
+        let range = vshard_range(self.group, vshard, None);
+        let mut out = Vec::new();
+        for row in self.kv.range(range).doing(self.group, DOING)?.take(limit) {
+            let (key, _) = row.doing(self.group, DOING)?;
+            out.push(key.value().2.to_vec());
+        }
+        Ok(out)
+    }
+
+    fn scan_kv_bounded(
+        &self,
+        vshard: u16,
+        after: Option<&[u8]>,
+        max_pairs: usize,
+        max_bytes: usize,
+    ) -> Result<(KvPairs, bool), RaftStoreError> {
+        const DOING: &str = "exporting a vShard chunk";
+        let range = vshard_range(self.group, vshard, after);
+        let mut out: KvPairs = Vec::new();
+        let mut bytes = 0usize;
+        for row in self.kv.range(range).doing(self.group, DOING)? {
+            let (key, value) = row.doing(self.group, DOING)?;
+            let (key, value) = (key.value().2, value.value());
+            let size = key.len().saturating_add(value.len());
+            let full = out.len() >= max_pairs
+                || (!out.is_empty() && bytes.saturating_add(size) > max_bytes);
+            if full {
+                return Ok((out, true));
+            }
+            bytes = bytes.saturating_add(size);
+            out.push((key.to_vec(), value.to_vec()));
+        }
+        Ok((out, false))
+    }
+
+    fn visit_kv(
+        &self,
+        vshard: u16,
+        visit: &mut dyn FnMut(&[u8], &[u8]),
+    ) -> Result<(), RaftStoreError> {
+        const DOING: &str = "reading a vShard";
+        let range = vshard_range(self.group, vshard, None);
+        for row in self.kv.range(range).doing(self.group, DOING)? {
+            let (key, value) = row.doing(self.group, DOING)?;
+            visit(key.value().2, value.value());
+        }
+        Ok(())
+    }
+
+    fn vshard_migration(&self, vshard: u16) -> Result<Option<Vec<u8>>, RaftStoreError> {
+        let value = self
+            .migrations
+            .get((self.group, vshard))
+            .doing(self.group, "reading a vShard's migration")?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    fn vshard_migrations(&self) -> Result<Vec<(u16, Vec<u8>)>, RaftStoreError> {
+        const DOING: &str = "listing vShard migrations";
+        let range = (self.group, 0)..=(self.group, u16::MAX);
+        let mut out = Vec::new();
+        for row in self.migrations.range(range).doing(self.group, DOING)? {
+            let (key, value) = row.doing(self.group, DOING)?;
+            out.push((key.value().1, value.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn changes(
+        &self,
+        vshard: u16,
+        after_index: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, RaftStoreError> {
+        const DOING: &str = "reading recorded changes";
+        let range = changes_range(self.group, vshard, after_index);
+        let mut out = Vec::new();
+        for row in self
+            .changes
+            .range(range)
+            .doing(self.group, DOING)?
+            .take(limit)
+        {
+            let (key, value) = row.doing(self.group, DOING)?;
+            out.push((key.value().2, value.value().to_vec()));
+        }
+        Ok(out)
     }
 }
 
@@ -228,6 +372,63 @@ impl SmWrite<'_> {
             .doing(self.group, "recording an applied idempotency key")?;
         Ok(())
     }
+
+    /// Deletes the given keys of one vShard; returns how many existed.
+    pub fn delete_keys(&mut self, vshard: u16, keys: &[Vec<u8>]) -> Result<u64, RaftStoreError> {
+        let mut deleted = 0;
+        for key in keys {
+            if self.delete_kv(vshard, key)? {
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Writes one vShard's encoded migration bookkeeping.
+    pub fn put_vshard_migration(
+        &mut self,
+        vshard: u16,
+        record: &[u8],
+    ) -> Result<(), RaftStoreError> {
+        self.migrations
+            .insert((self.group, vshard), record)
+            .doing(self.group, "writing a vShard's migration")?;
+        Ok(())
+    }
+
+    /// Forgets one vShard's migration bookkeeping.
+    pub fn remove_vshard_migration(&mut self, vshard: u16) -> Result<(), RaftStoreError> {
+        self.migrations
+            .remove((self.group, vshard))
+            .doing(self.group, "removing a vShard's migration")?;
+        Ok(())
+    }
+
+    /// Records one change of a tracked vShard under the log index that
+    /// applied it.
+    pub fn put_change(
+        &mut self,
+        vshard: u16,
+        index: u64,
+        change: &[u8],
+    ) -> Result<(), RaftStoreError> {
+        self.changes
+            .insert((self.group, vshard, index), change)
+            .doing(self.group, "recording a change")?;
+        Ok(())
+    }
+
+    /// Deletes the recorded changes of one vShard up to and including
+    /// `up_to_index`.
+    pub fn trim_changes(&mut self, vshard: u16, up_to_index: u64) -> Result<(), RaftStoreError> {
+        self.changes
+            .retain_in(
+                (self.group, vshard, 0)..=(self.group, vshard, up_to_index),
+                |_, _| false,
+            )
+            .doing(self.group, "trimming recorded changes")?;
+        Ok(())
+    }
 }
 
 /// A group's whole state machine as bytes: what a snapshot carries.
@@ -241,6 +442,10 @@ pub struct StateMachineExport {
     pub kv: KvRows,
     /// `sm_applied` rows: `(idempotency key, response)`.
     pub applied: Vec<(String, Vec<u8>)>,
+    /// `sm_vshard_migrations` rows: `(vshard, bookkeeping)`.
+    pub vshard_migrations: Vec<(u16, Vec<u8>)>,
+    /// `sm_changes` rows: `(vshard, log index, change)`.
+    pub changes: ChangeRows,
 }
 
 /// A group's current snapshot, as stored.
@@ -269,9 +474,15 @@ pub(crate) fn clear_state_machine(
         let range = (Bound::Included((group, "")), group_end(group, |g| (g, "")));
         table.retain_in(range, |_, _| false).doing(group, doing)?;
     }
-    let mut vshards = txn.open_table(SM_VSHARDS).doing(group, doing)?;
-    vshards
-        .retain_in((group, 0)..=(group, u16::MAX), |_, _| false)
+    for table in [SM_VSHARDS, SM_MIGRATIONS] {
+        let mut table = txn.open_table(table).doing(group, doing)?;
+        table
+            .retain_in((group, 0)..=(group, u16::MAX), |_, _| false)
+            .doing(group, doing)?;
+    }
+    let mut changes = txn.open_table(SM_CHANGES).doing(group, doing)?;
+    changes
+        .retain_in((group, 0, 0)..=(group, u16::MAX, u64::MAX), |_, _| false)
         .doing(group, doing)?;
     let mut kv = txn.open_table(SM_KV).doing(group, doing)?;
     let range = (
@@ -292,6 +503,37 @@ fn str_rows<T: ReadableTable<StrKey, Bytes>>(
     for row in table.range(range).doing(group, doing)? {
         let (key, value) = row.doing(group, doing)?;
         out.push((key.value().1.to_string(), value.value().to_vec()));
+    }
+    Ok(out)
+}
+
+fn vshard_rows<T: ReadableTable<VShardKey, Bytes>>(
+    table: &T,
+    group: u64,
+    doing: &'static str,
+) -> Result<Vec<(u16, Vec<u8>)>, RaftStoreError> {
+    let mut out = Vec::new();
+    for row in table
+        .range((group, 0)..=(group, u16::MAX))
+        .doing(group, doing)?
+    {
+        let (key, value) = row.doing(group, doing)?;
+        out.push((key.value().1, value.value().to_vec()));
+    }
+    Ok(out)
+}
+
+fn change_rows<T: ReadableTable<ChangeKey, Bytes>>(
+    table: &T,
+    group: u64,
+    doing: &'static str,
+) -> Result<ChangeRows, RaftStoreError> {
+    let mut out = Vec::new();
+    let range = (group, 0, 0)..=(group, u16::MAX, u64::MAX);
+    for row in table.range(range).doing(group, doing)? {
+        let (key, value) = row.doing(group, doing)?;
+        let (_, vshard, index) = key.value();
+        out.push((vshard, index, value.value().to_vec()));
     }
     Ok(out)
 }
@@ -340,6 +582,18 @@ fn import_rows(
     for (key, value) in &state.applied {
         applied
             .insert((group, key.as_str()), value.as_slice())
+            .doing(group, doing)?;
+    }
+    let mut migrations = txn.open_table(SM_MIGRATIONS).doing(group, doing)?;
+    for (vshard, value) in &state.vshard_migrations {
+        migrations
+            .insert((group, *vshard), value.as_slice())
+            .doing(group, doing)?;
+    }
+    let mut changes = txn.open_table(SM_CHANGES).doing(group, doing)?;
+    for (vshard, index, value) in &state.changes {
+        changes
+            .insert((group, *vshard, *index), value.as_slice())
             .doing(group, doing)?;
     }
     Ok(())
@@ -408,6 +662,8 @@ impl GroupStore {
             vshards: read.open_table(SM_VSHARDS).doing(group, DOING)?,
             kv: read.open_table(SM_KV).doing(group, DOING)?,
             applied: read.open_table(SM_APPLIED).doing(group, DOING)?,
+            migrations: read.open_table(SM_MIGRATIONS).doing(group, DOING)?,
+            changes: read.open_table(SM_CHANGES).doing(group, DOING)?,
         };
         f(&view)
     }
@@ -429,6 +685,8 @@ impl GroupStore {
                 vshards: txn.open_table(SM_VSHARDS).doing(group, DOING)?,
                 kv: txn.open_table(SM_KV).doing(group, DOING)?,
                 applied: txn.open_table(SM_APPLIED).doing(group, DOING)?,
+                migrations: txn.open_table(SM_MIGRATIONS).doing(group, DOING)?,
+                changes: txn.open_table(SM_CHANGES).doing(group, DOING)?,
             };
             f(&mut view)
         };
@@ -453,19 +711,15 @@ impl GroupStore {
         let vshards = read.open_table(SM_VSHARDS).doing(group, DOING)?;
         let kv = read.open_table(SM_KV).doing(group, DOING)?;
         let applied = read.open_table(SM_APPLIED).doing(group, DOING)?;
-        let mut vshard_rows = Vec::new();
-        for row in vshards
-            .range((group, 0)..=(group, u16::MAX))
-            .doing(group, DOING)?
-        {
-            let (key, value) = row.doing(group, DOING)?;
-            vshard_rows.push((key.value().1, value.value().to_vec()));
-        }
+        let migrations = read.open_table(SM_MIGRATIONS).doing(group, DOING)?;
+        let changes = read.open_table(SM_CHANGES).doing(group, DOING)?;
         Ok(StateMachineExport {
             meta: str_rows(&meta, group, DOING)?,
-            vshards: vshard_rows,
+            vshards: vshard_rows(&vshards, group, DOING)?,
             kv: kv_rows(&kv, group, DOING)?,
             applied: str_rows(&applied, group, DOING)?,
+            vshard_migrations: vshard_rows(&migrations, group, DOING)?,
+            changes: change_rows(&changes, group, DOING)?,
         })
     }
 
