@@ -7,7 +7,9 @@
 //! - `1` — the operation failed: bad argument value (malformed `N=HOST:PORT`,
 //!   vShard out of range, missing certificate files), the cluster refused or
 //!   was unavailable, `kv get` of an absent key, a journal that does not
-//!   verify;
+//!   verify, a malformed workflow id, `workflow watch` of a workflow that
+//!   ends other than `Completed` (aborted, paused) or outlives
+//!   `--max-wait-secs`;
 //! - `2` — the command line is malformed (unknown command or flag, missing
 //!   argument, a number that is not one), reported by clap.
 //!

@@ -318,3 +318,53 @@ fn help_texts_show_an_example() {
         assert!(help.contains("shardflow "), "{command:?}");
     }
 }
+
+// Proves a malformed workflow id is refused by every workflow command
+// before certificates or the network are touched (the certificate
+// directory does not even exist), as one line with exit code 1.
+#[test]
+fn malformed_workflow_ids_are_refused_before_any_network() {
+    let cluster = [
+        "--cluster",
+        "127.0.0.1:9",
+        "--certs",
+        "/nonexistent/shardflow-certs",
+    ];
+    for command in ["show", "watch", "cancel", "resume"] {
+        for bad in ["wf-2", "2-7", "wf-x-1", "wf-1-2-3"] {
+            let mut args = vec!["workflow", command, bad];
+            args.extend(cluster);
+            let output = shardflow(&args);
+            let line = one_line_failure(&output);
+            assert_eq!(
+                line,
+                format!(
+                    "error: invalid workflow id {bad:?}: expected wf-<node>-<serial>, e.g. wf-1-7"
+                ),
+                "workflow {command} {bad}"
+            );
+            assert!(output.stdout.is_empty());
+        }
+    }
+}
+
+// Proves every workflow command's --help says what it does with an example.
+#[test]
+fn workflow_help_texts_show_an_example() {
+    for command in ["", "list", "show", "watch", "cancel", "resume"] {
+        let mut args = vec!["workflow"];
+        args.extend([command].into_iter().filter(|c| !c.is_empty()));
+        args.push("--help");
+        let output = shardflow(&args);
+        let help = text(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            text(&output.stderr)
+        );
+        assert!(
+            help.contains("Example: shardflow workflow"),
+            "{args:?}:\n{help}"
+        );
+    }
+}

@@ -36,6 +36,10 @@
 //!
 //! Reads (`get`, scans) are linearizable: served by the group's leader after
 //! a read index.
+//!
+//! Workflow administration (`workflow_list|show|watch|cancel|resume`) rides
+//! the same admin request loop; a workflow request sent to any node reaches
+//! the node driving it (the node forwards it).
 
 mod admin;
 mod config;
@@ -48,6 +52,7 @@ mod request;
 mod retry;
 mod routing;
 mod scan;
+mod workflow;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -59,6 +64,7 @@ pub use error::ClientError;
 pub use ready::{newest_routing, readiness};
 pub use request::check_addr;
 pub use scan::Pairs;
+pub use workflow::{NodeFailure, WorkflowDetail, WorkflowListing};
 
 use crate::certs::PeerIdentity;
 use crate::command::{MAX_KEY_BYTES, MAX_VALUE_BYTES};

@@ -12,6 +12,8 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, V
 use openraft::{SnapshotMeta, Vote};
 use serde::{Deserialize, Serialize};
 
+use shardflow_workflow::{Envelope, Event, InstanceSummary, WorkflowId, WorkflowState};
+
 use crate::command::{Command, Response};
 use crate::metadata::Route;
 use crate::raft::{NodeAddr, TypeConfig};
@@ -60,6 +62,10 @@ pub enum NodeRequestV1 {
     Client(ClientRequest),
     /// Admin certificates only.
     Admin(AdminRequest),
+    /// Node certificates only: an admin request about a workflow this node
+    /// drives, forwarded by the node an admin asked (which checked the
+    /// admin's role). Answered here or refused; never forwarded again.
+    ForwardAdmin(AdminRequest),
 }
 
 /// Key-value and routing requests. `epoch` is the routing epoch of the
@@ -154,6 +160,49 @@ pub enum AdminRequest {
     },
     /// This node's view of itself and its groups.
     Status,
+    /// The workflows this node drives (`Workflows`); the ended ones too
+    /// with `include_ended`. Answered by the node asked, never forwarded.
+    WorkflowList {
+        include_ended: bool,
+    },
+    /// One workflow's state and its events from `from_seq` on, at most
+    /// [`MAX_SHOW_EVENTS`] of them (`Workflow`); ask again from the next
+    /// seq while `state.next_seq` says more exist.
+    WorkflowShow {
+        id: WorkflowId,
+        from_seq: u64,
+    },
+    /// Journals a cancel request (honoured before the point of no return).
+    WorkflowCancel {
+        id: WorkflowId,
+        by: String,
+    },
+    /// Drives a `Paused` workflow again, with fresh retry budgets.
+    WorkflowResume {
+        id: WorkflowId,
+        by: String,
+    },
+}
+
+/// The most events one `WorkflowShow` answer carries.
+pub const MAX_SHOW_EVENTS: usize = 2_048;
+
+impl AdminRequest {
+    /// The workflow the request is about; its id names the node driving it,
+    /// the node that must answer.
+    pub fn workflow(&self) -> Option<WorkflowId> {
+        match self {
+            AdminRequest::WorkflowShow { id, .. }
+            | AdminRequest::WorkflowCancel { id, .. }
+            | AdminRequest::WorkflowResume { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// Whether it is one of the workflow requests.
+    pub fn is_workflow(&self) -> bool {
+        matches!(self, AdminRequest::WorkflowList { .. }) || self.workflow().is_some()
+    }
 }
 
 /// The answer to an [`AdminRequest`].
@@ -161,8 +210,63 @@ pub enum AdminRequest {
 pub enum AdminResponse {
     Done,
     Status(NodeStatus),
-    Retry { reason: String },
-    Rejected { reason: String },
+    Retry {
+        reason: String,
+    },
+    Rejected {
+        reason: String,
+    },
+    /// The answer to `WorkflowList`: the answering node and its workflows.
+    Workflows {
+        node: u64,
+        workflows: Vec<WorkflowSummary>,
+    },
+    /// The answer to `WorkflowShow`.
+    Workflow(Box<WorkflowPage>),
+}
+
+/// One workflow as `WorkflowList` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowSummary {
+    /// What the journal keeps about it.
+    pub instance: InstanceSummary,
+    /// Its phase label (`Running`, `Compensating`, `Paused`, `Completed`,
+    /// `Aborted`).
+    pub phase: String,
+    /// The step in flight, or the next one to run or compensate.
+    pub step: Option<String>,
+}
+
+/// A workflow's state and a run of its events, as `WorkflowShow` answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowPage {
+    /// The fold of every event journaled when the page was read.
+    pub state: WorkflowState,
+    /// Consecutive events from the asked seq (possibly none).
+    pub events: Vec<WorkflowEvent>,
+}
+
+/// One journaled event, without its hash-chain bookkeeping.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowEvent {
+    pub seq: u64,
+    /// When it was journaled (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// The node that journaled it.
+    pub node: u64,
+    pub event: Event,
+}
+
+impl From<&Envelope> for WorkflowEvent {
+    fn from(envelope: &Envelope) -> Self {
+        let at = envelope.current();
+        WorkflowEvent {
+            seq: at.seq,
+            at_ms: at.at_ms,
+            node: at.node,
+            event: at.body.clone(),
+        }
+    }
 }
 
 /// One node's view.

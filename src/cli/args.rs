@@ -57,6 +57,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Operate the workflows (migrations) of a running cluster: list, show,
+    /// watch, cancel, resume. Any node answers for any workflow.
+    ///
+    /// Example: shardflow workflow list --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
     /// Audit a stopped node's workflow journal (no cluster needed).
     ///
     /// Example: shardflow journal verify --data /var/lib/shardflow/n1
@@ -242,5 +248,83 @@ pub enum JournalCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum WorkflowCommand {
+    /// List the workflows of every node: running, compensating and paused
+    /// ones, and with --all the ended ones too.
+    ///
+    /// A node that does not answer is named below the table; the command
+    /// fails only if no node answers.
+    ///
+    /// Example: shardflow workflow list --all --cluster 127.0.0.1:7001 --certs ./certs
+    List {
+        /// Include completed and aborted workflows.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one workflow: its phase and steps, every event with its time,
+    /// step and attempt, and the figures its steps measured (e.g. the write
+    /// pause of a cut-over).
+    ///
+    /// Example: shardflow workflow show wf-2-7 --cluster 127.0.0.1:7001 --certs ./certs
+    Show {
+        /// The workflow id, wf-<node>-<serial>.
+        id: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a workflow's events as they are journaled until it completes,
+    /// aborts or pauses. Exits 0 only if it completes.
+    ///
+    /// Example: shardflow workflow watch wf-2-7 --cluster 127.0.0.1:7001 --certs ./certs
+    Watch {
+        /// The workflow id, wf-<node>-<serial>.
+        id: String,
+        /// Stop watching (exit 1) after this many seconds.
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+        max_wait_secs: u64,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Print one JSON object per event instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a workflow to cancel. Before its point of no return it stops at
+    /// the next step boundary and compensates (ends Aborted); after it, it
+    /// rolls forward. Refused if it already ended.
+    ///
+    /// Example: shardflow workflow cancel wf-2-7 --cluster 127.0.0.1:7001 --certs ./certs
+    Cancel {
+        /// The workflow id, wf-<node>-<serial>.
+        id: String,
+        /// Who asks, journaled with the request (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Drive a Paused workflow again, with fresh retry budgets. Refused
+    /// unless it is paused.
+    ///
+    /// Example: shardflow workflow resume wf-2-7 --cluster 127.0.0.1:7001 --certs ./certs
+    Resume {
+        /// The workflow id, wf-<node>-<serial>.
+        id: String,
+        /// Who asks, journaled with the request (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
 }

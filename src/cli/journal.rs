@@ -33,7 +33,8 @@ pub fn run(command: JournalCommand) -> Result<Output, CliError> {
     }
 }
 
-fn render_timeline(timeline: &Timeline) -> String {
+/// A timeline as text: a header line, the steps table, the measured figures.
+pub(super) fn render_timeline(timeline: &Timeline) -> String {
     let reason = timeline
         .reason
         .as_deref()

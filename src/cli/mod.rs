@@ -1,7 +1,7 @@
 //! The commands behind `shardflow`: each takes its parsed arguments and
 //! returns what to print ([`Output`]) or a [`CliError`], which `main` prints
 //! as one line. Table formatting lives in `table`, the merged cluster view in
-//! `status`, argument values in `parse`.
+//! `status`, argument values in `parse`, workflow operations in `workflow`.
 
 pub mod args;
 mod certs;
@@ -12,6 +12,7 @@ mod node;
 mod parse;
 mod status;
 mod table;
+mod workflow;
 
 use std::future::Future;
 use std::time::Duration;
@@ -63,6 +64,14 @@ pub enum CliError {
     },
     #[error("cannot encode JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// `workflow watch` of a workflow that settled other than `Completed`.
+    #[error("workflow {id} ended {phase}{reason}")]
+    NotCompleted {
+        id: String,
+        phase: &'static str,
+        /// `": why"`, or empty.
+        reason: String,
+    },
 }
 
 /// Runs one command.
@@ -73,6 +82,7 @@ pub fn run(command: Command) -> Result<Output, CliError> {
         Command::Kv(command) => run_kv(command),
         Command::VshardOf { key, json } => kv::vshard_of(&key, json),
         Command::Journal(command) => journal::run(command),
+        Command::Workflow(command) => workflow::run(command),
     }
 }
 

@@ -2,8 +2,9 @@
 //! shuts it down cleanly.
 //!
 //! Prints exactly one line on stdout, `node N listening on ADDR`, once the
-//! node serves (scripts and tests wait for it); logs go to stderr through
-//! tracing, filtered by `RUST_LOG` (default `info`).
+//! node serves and has resumed every unfinished workflow of its journal
+//! (scripts and tests wait for it); logs go to stderr through tracing,
+//! filtered by `RUST_LOG` (default `info`).
 
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -37,6 +38,11 @@ async fn serve(config: NodeConfig) -> Result<Output, CliError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let node = Node::start(config).await?;
+    // Ready only once every unfinished workflow is driven again (DESIGN §2).
+    if let Err(error) = node.resume_workflows().await {
+        node.shutdown().await;
+        return Err(error.into());
+    }
     println!("node {} listening on {}", node.id(), node.local_addr());
     let received = tokio::select! {
         _ = terminate.recv() => "SIGTERM",

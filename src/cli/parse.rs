@@ -1,10 +1,12 @@
 //! Argument values clap cannot check: node specs, address lists, vShard
-//! numbers. Every refusal is one line naming the bad value and the expected
+//! numbers, workflow ids. Every refusal is one line naming the bad value and the expected
 //! form, before anything is sent or written.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
 use shardflow::node::client::{check_addr, check_vshard};
+use shardflow::workflow::id::InvalidWorkflowId;
+use shardflow::workflow::WorkflowId;
 
 use super::CliError;
 
@@ -43,6 +45,13 @@ pub fn cluster_list(list: &str) -> Result<Vec<String>, CliError> {
         check_addr(addr).map_err(|error| CliError::Input(format!("--cluster: {error}")))?;
     }
     Ok(addrs)
+}
+
+/// A workflow id, `wf-<node>-<serial>`.
+pub fn workflow_id(id: &str) -> Result<WorkflowId, CliError> {
+    id.trim()
+        .parse()
+        .map_err(|error: InvalidWorkflowId| CliError::Input(error.to_string()))
 }
 
 /// A vShard number, checked against the 1024 vShards.

@@ -68,9 +68,53 @@ pub fn opt<T: ToString>(value: Option<T>) -> String {
     value.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
+/// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS.mmm` (UTC).
+pub fn utc_datetime(ms: u64) -> String {
+    let (year, month, day) = civil_from_days(ms / 86_400_000);
+    format!("{year:04}-{month:02}-{day:02} {}", utc_time(ms))
+}
+
+/// The time of day of `ms` as `HH:MM:SS.mmm` (UTC).
+pub fn utc_time(ms: u64) -> String {
+    let in_day = ms % 86_400_000;
+    let (hours, minutes) = (in_day / 3_600_000, in_day / 60_000 % 60);
+    let (seconds, millis) = (in_day / 1_000 % 60, in_day % 1_000);
+    format!("{hours:02}:{minutes:02}:{seconds:02}.{millis:03}")
+}
+
+/// The civil date of a day count since 1970-01-01 (Howard Hinnant's
+/// algorithm, proleptic Gregorian calendar).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_utc() {
+        assert_eq!(utc_datetime(0), "1970-01-01 00:00:00.000");
+        // 2024-02-29T23:59:59.999Z, a leap day.
+        assert_eq!(utc_datetime(1_709_251_199_999), "2024-02-29 23:59:59.999");
+        // 2025-03-01T00:00:00.007Z.
+        assert_eq!(utc_datetime(1_740_787_200_007), "2025-03-01 00:00:00.007");
+        assert_eq!(utc_time(1_740_787_200_007 + 3_723_000), "01:02:03.007");
+    }
 
     #[test]
     fn columns_are_aligned() {

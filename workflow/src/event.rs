@@ -110,8 +110,101 @@ impl Event {
         }
     }
 
+    /// The attempt the event is about, if any.
+    pub fn attempt(&self) -> Option<u32> {
+        match self {
+            Event::StepStarted { attempt, .. }
+            | Event::StepFailed { attempt, .. }
+            | Event::CompensationStepStarted { attempt, .. }
+            | Event::CompensationFailed { attempt, .. } => Some(*attempt),
+            _ => None,
+        }
+    }
+
+    /// What the event says beyond its name, step and attempt, on one line
+    /// (empty when nothing): a reason, an error, who asked, a figure.
+    pub fn detail(&self) -> String {
+        let text = match self {
+            Event::Submitted {
+                kind,
+                definition_version,
+                input,
+                plan,
+            } => format!(
+                "{kind} v{definition_version}, steps {}, {} bytes of input",
+                plan.join(" > "),
+                input.len()
+            ),
+            Event::DriverStarted { epoch } => format!("driver epoch {epoch}"),
+            Event::Checkpoint { progress, .. } => format!("{} bytes of progress", progress.len()),
+            Event::StepSucceeded { output, .. } => format!("{} bytes of output", output.len()),
+            Event::StepFailed {
+                error, retryable, ..
+            }
+            | Event::CompensationFailed {
+                error, retryable, ..
+            } => format!("{}: {error}", failure_kind(*retryable)),
+            Event::PointOfNoReturn { .. } => "from here on it only rolls forward".to_string(),
+            Event::CompensationStarted { reason }
+            | Event::Aborted { reason }
+            | Event::Paused { reason } => reason.clone(),
+            Event::ResumeRequested { by } | Event::CancelRequested { by } => format!("by {by}"),
+            Event::Metric { name, value, .. } => format!("{name} = {value}"),
+            Event::StepStarted { .. }
+            | Event::CompensationStepStarted { .. }
+            | Event::Compensated { .. }
+            | Event::Completed => String::new(),
+        };
+        text.replace(['\n', '\r'], " ")
+    }
+
     /// True for the events after which nothing may be appended.
     pub fn is_terminal(&self) -> bool {
         matches!(self, Event::Completed | Event::Aborted { .. })
+    }
+}
+
+fn failure_kind(retryable: bool) -> &'static str {
+    match retryable {
+        true => "retryable",
+        false => "terminal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves every event's detail is one line and says what matters.
+    #[test]
+    fn details_are_one_line() {
+        let failed = Event::StepFailed {
+            step: "BaseCopy".into(),
+            attempt: 3,
+            error: "peer gone\nreset".into(),
+            retryable: true,
+        };
+        assert_eq!(failed.detail(), "retryable: peer gone reset");
+        assert_eq!(failed.attempt(), Some(3));
+        let metric = Event::Metric {
+            step: "CutOver".into(),
+            name: "write_pause_ms".into(),
+            value: 12,
+        };
+        assert_eq!(metric.detail(), "write_pause_ms = 12");
+        assert_eq!(metric.attempt(), None);
+        let submitted = Event::Submitted {
+            kind: "MoveVShard".into(),
+            definition_version: 1,
+            input: vec![0; 7],
+            plan: vec!["Lock".into(), "BaseCopy".into()],
+        };
+        assert_eq!(
+            submitted.detail(),
+            "MoveVShard v1, steps Lock > BaseCopy, 7 bytes of input"
+        );
+        let cancel = Event::CancelRequested { by: "ops".into() };
+        assert_eq!(cancel.detail(), "by ops");
+        assert_eq!(Event::Completed.detail(), "");
     }
 }

@@ -47,7 +47,10 @@ pub struct InstanceWriter {
     durable_next_seq: u64,
     /// Hash of the last durable event.
     head: Hash,
-    pending: Vec<Event>,
+    /// Staged events, each with the time it was folded into `state` at; it
+    /// is journaled with that same time, so the state the engine reports
+    /// is exactly the fold of the journal (DESIGN §5.4), timestamps too.
+    pending: Vec<(Event, u64)>,
     live: watch::Sender<Live>,
     progress: broadcast::Sender<Progress>,
 }
@@ -145,15 +148,16 @@ impl InstanceWriter {
     /// Stages events for the next flush, checking each against the replay
     /// rules now (the engine never journals an event its replay would refuse).
     pub(crate) fn stage(&mut self, events: Vec<Event>) -> Result<(), EngineError> {
+        let at_ms = now_ms();
         for event in events {
-            let envelope = self.envelope(self.state.next_seq, [0; 32], event.clone());
+            let envelope = self.envelope(self.state.next_seq, [0; 32], event.clone(), at_ms);
             self.state
                 .apply(&envelope)
                 .map_err(|source| EngineError::Replay {
                     id: self.state.id,
                     source,
                 })?;
-            self.pending.push(event);
+            self.pending.push((event, at_ms));
         }
         Ok(())
     }
@@ -186,10 +190,10 @@ impl InstanceWriter {
         }
     }
 
-    fn envelope(&self, seq: u64, prev_hash: Hash, body: Event) -> Envelope {
+    fn envelope(&self, seq: u64, prev_hash: Hash, body: Event, at_ms: u64) -> Envelope {
         Envelope::V1(EnvelopeV1 {
             seq,
-            at_ms: now_ms(),
+            at_ms,
             node: self.node,
             engine_version: ENGINE_VERSION,
             definition_version: self.state.definition_version,
@@ -202,8 +206,9 @@ impl InstanceWriter {
     fn seal(&self) -> Vec<SealedEvent> {
         let mut prev_hash = self.head;
         let mut sealed = Vec::with_capacity(self.pending.len());
-        for (seq, event) in (self.durable_next_seq..).zip(&self.pending) {
-            let event = SealedEvent::seal(self.envelope(seq, prev_hash, event.clone()));
+        for (seq, (event, at_ms)) in (self.durable_next_seq..).zip(&self.pending) {
+            let envelope = self.envelope(seq, prev_hash, event.clone(), *at_ms);
+            let event = SealedEvent::seal(envelope);
             prev_hash = event.hash;
             sealed.push(event);
         }
@@ -252,6 +257,6 @@ impl InstanceWriter {
         self.durable_next_seq = verified.state.next_seq;
         self.state = verified.state;
         let pending = std::mem::take(&mut self.pending);
-        self.stage(pending)
+        self.stage(pending.into_iter().map(|(event, _)| event).collect())
     }
 }

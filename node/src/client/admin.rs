@@ -41,7 +41,7 @@ pub struct NodeReport {
 }
 
 /// Who an admin request goes to.
-enum Targets {
+pub(super) enum Targets {
     /// Any node: the given ones first, then every node the client knows.
     Any(Vec<Peer>),
     /// This node only.
@@ -49,7 +49,7 @@ enum Targets {
 }
 
 /// An admin request and the answer it expects.
-struct AdminPlan<F> {
+pub(super) struct AdminPlan<F> {
     request: AdminRequest,
     targets: Targets,
     expect: F,
@@ -58,7 +58,7 @@ struct AdminPlan<F> {
 }
 
 impl<F> AdminPlan<F> {
-    fn new(request: AdminRequest, targets: Targets, expect: F) -> Self {
+    pub(super) fn new(request: AdminRequest, targets: Targets, expect: F) -> Self {
         AdminPlan {
             request,
             targets,
@@ -101,11 +101,17 @@ where
     }
 
     fn patient(&self) -> bool {
-        !matches!(self.request, AdminRequest::Status)
+        // Reads answer at once; changes may wait for a commit or a journal append.
+        !matches!(
+            self.request,
+            AdminRequest::Status
+                | AdminRequest::WorkflowList { .. }
+                | AdminRequest::WorkflowShow { .. }
+        )
     }
 }
 
-fn expect_done(response: AdminResponse) -> Result<(), Box<AdminResponse>> {
+pub(super) fn expect_done(response: AdminResponse) -> Result<(), Box<AdminResponse>> {
     match response {
         AdminResponse::Done => Ok(()),
         other => Err(Box::new(other)),

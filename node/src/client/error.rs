@@ -92,6 +92,17 @@ pub enum ClientError {
     /// The call was cancelled (its runtime is shutting down).
     #[error("the call was cancelled (the runtime is shutting down)")]
     Cancelled,
+    /// [`crate::client::Client::workflow_watch`] stopped watching before
+    /// the workflow settled.
+    #[error("workflow {id} still {phase} after {:.1}s; stopped watching", after.as_secs_f64())]
+    WatchTimeout {
+        /// The workflow.
+        id: String,
+        /// Its phase when last seen.
+        phase: String,
+        /// How long it was watched.
+        after: Duration,
+    },
     /// The arguments of a call are inconsistent (e.g. a bootstrap with more
     /// replicas than nodes).
     #[error("invalid request: {0}")]

@@ -1,5 +1,6 @@
 //! Answers to administration requests: bootstrap the cluster, register or
-//! forget a node, and report this node's view.
+//! forget a node, and report this node's view. Workflow requests are
+//! answered by `workflow_ops`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -8,6 +9,7 @@ use tokio::time::Instant;
 
 use super::node::NodeInner;
 use super::propose;
+use super::workflow_ops::{self, Origin};
 use crate::command::{Command, MetadataOp, METADATA_GROUP};
 use crate::data::VShardState;
 use crate::raft::NodeAddr;
@@ -29,6 +31,12 @@ pub(crate) async fn handle(node: &NodeInner, request: AdminRequest) -> AdminResp
         }
         AdminRequest::RemoveNode { id } => metadata_op(node, MetadataOp::RemoveNode { id }).await,
         AdminRequest::Status => AdminResponse::Status(status(node).await),
+        request @ (AdminRequest::WorkflowList { .. }
+        | AdminRequest::WorkflowShow { .. }
+        | AdminRequest::WorkflowCancel { .. }
+        | AdminRequest::WorkflowResume { .. }) => {
+            workflow_ops::handle(node, request, Origin::Admin).await
+        }
     }
 }
 

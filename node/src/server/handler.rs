@@ -1,7 +1,8 @@
 //! The node's [`Handler`]: decodes a request, checks the caller's role,
 //! and dispatches: Raft RPCs and snapshot streams (node certificates),
 //! proposals forwarded by peers (node), client requests (client, admin or
-//! node), administration (admin).
+//! node), administration (admin), workflow requests forwarded by peers
+//! (node; the admin's role was checked by the peer).
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use async_trait::async_trait;
 use openraft::Snapshot;
 
 use super::node::NodeInner;
+use super::workflow_ops::{self, Origin};
 use super::{admin_ops, client_ops, propose};
 use crate::certs::{PeerIdentity, Role};
 use crate::rpc::{
@@ -93,6 +95,10 @@ impl Handler for NodeHandler {
             NodeRequestV1::Admin(request) => {
                 require_role(&peer, &[Role::Admin])?;
                 NodeResponseV1::Admin(admin_ops::handle(&self.node, request).await)
+            }
+            NodeRequestV1::ForwardAdmin(request) => {
+                require_role(&peer, &[Role::Node])?;
+                NodeResponseV1::Admin(workflow_ops::handle(&self.node, request, Origin::Peer).await)
             }
         };
         encode(response)

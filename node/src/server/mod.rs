@@ -9,6 +9,10 @@
 //!   role checks, then Raft RPCs, snapshots, proposals, client and admin
 //!   requests.
 //! - `client_ops`, `admin_ops` — the answers to client and admin requests.
+//! - `workflow_ops` — the answers to workflow requests: from this node's
+//!   engine, or forwarded once to the node whose id the workflow id names.
+//! - `journal` — the node's workflow journal (`DATA/journal.redb`),
+//!   released when the node shuts down.
 //! - `propose` — proposing a command to a group through its leader,
 //!   wherever it runs.
 //! - `reconcile` — the loop that reacts to the metadata: starts the data
@@ -25,9 +29,12 @@ mod client_ops;
 mod config;
 mod groups;
 mod handler;
+mod journal;
 mod node;
 mod propose;
 mod reconcile;
+mod workflow_ops;
 
 pub use config::{NodeConfig, RaftTimings, StoreLayout};
+pub use journal::JOURNAL_FILE;
 pub use node::{Node, NodeError};

@@ -1,16 +1,28 @@
 //! The [`Node`] handle: starting and stopping a node, and the state its
-//! parts share (`NodeInner`): identity, transport, groups, and the cached
-//! metadata of the local group-0 replica.
+//! parts share (`NodeInner`): identity, transport, groups, the cached
+//! metadata of the local group-0 replica, and the workflow engine over the
+//! node's journal (`DATA/journal.redb`).
+//!
+//! **Workflow lifecycle:** `start` opens the journal and creates the engine;
+//! the layer above registers its workflow kinds on [`Node::engine`], then
+//! calls [`Node::resume_workflows`] before it reports the node ready.
+//! Operator requests that drive or change a workflow (cancel, resume) wait
+//! for that resume and are refused once shutdown began; `shutdown` halts
+//! every driver (as a crash would, so each resumes from its journal on the
+//! next start) before it stops the groups, and releases the journal last.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
+use shardflow_store::JournalOptions;
+use shardflow_workflow::{Engine, EngineConfig, ResumeReport};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::config::NodeConfig;
 use super::groups::Groups;
 use super::handler::NodeHandler;
+use super::journal::NodeJournal;
 use super::reconcile;
 use crate::certs::PeerIdentity;
 use crate::command::METADATA_GROUP;
@@ -30,6 +42,21 @@ pub enum NodeError {
     Raft { group: u64, reason: String },
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("workflow journal {path}: {reason}")]
+    Journal { path: String, reason: String },
+    #[error("workflows: {0}")]
+    Workflows(String),
+}
+
+/// Whether operator requests may drive or change workflows yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WorkflowGate {
+    /// Started; `resume_workflows` has not finished.
+    Resuming,
+    /// Every unfinished workflow was resumed.
+    Open,
+    /// Shutting down: drivers are halted.
+    Closed,
 }
 
 /// What the parts of a node share.
@@ -41,6 +68,12 @@ pub(crate) struct NodeInner {
     /// (applied log index of group 0, metadata at that index).
     metadata: RwLock<(u64, Arc<MetadataState>)>,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Drives the workflows of this node's journal.
+    pub(crate) engine: Engine,
+    journal: Arc<NodeJournal>,
+    /// Held (read) by cancel and resume while they act; taken (write) by
+    /// `resume_workflows` and `shutdown`.
+    pub(crate) workflow_gate: tokio::sync::RwLock<WorkflowGate>,
 }
 
 impl NodeInner {
@@ -93,6 +126,7 @@ impl Node {
             path: config.data_dir.display().to_string(),
             reason: error.to_string(),
         })?;
+        let (journal, engine) = open_engine(&config).await?;
         let tls = ClusterTls::load(&config.certs_dir, PeerIdentity::node(config.id)).map_err(
             |error| NodeError::Certificates {
                 dir: config.certs_dir.display().to_string(),
@@ -125,6 +159,9 @@ impl Node {
             groups,
             metadata: RwLock::new((0, Arc::new(MetadataState::default()))),
             shutdown: watch::channel(false).0,
+            engine,
+            journal,
+            workflow_gate: tokio::sync::RwLock::new(WorkflowGate::Resuming),
         });
         inner.groups.ensure(METADATA_GROUP).await?;
         reconcile::once(&inner).await?;
@@ -150,8 +187,46 @@ impl Node {
         self.inner.addr
     }
 
-    /// Stops the reconcile loop, every group and the endpoint.
+    /// The workflow engine over this node's journal: register workflow
+    /// kinds on it, then call [`Node::resume_workflows`].
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Resumes every unfinished workflow of the journal (each gets a new
+    /// driver epoch; paused ones wait for an operator), then lets operators
+    /// cancel and resume workflows here. Call it after registering the
+    /// workflow kinds and before reporting the node ready. An instance that
+    /// cannot be resumed (an unknown kind, a changed plan) is listed in the
+    /// report's `failed`, not an error.
+    pub async fn resume_workflows(&self) -> Result<ResumeReport, NodeError> {
+        let mut gate = self.inner.workflow_gate.write().await;
+        if *gate == WorkflowGate::Closed {
+            return Err(NodeError::Workflows("the node is shutting down".into()));
+        }
+        let report = self
+            .inner
+            .engine
+            .resume_all()
+            .await
+            .map_err(|error| NodeError::Workflows(format!("resuming failed: {error}")))?;
+        *gate = WorkflowGate::Open;
+        tracing::info!(
+            node = self.id(),
+            resumed = report.resumed.len(),
+            paused = report.paused.len(),
+            failed = report.failed.len(),
+            "workflows resumed"
+        );
+        Ok(report)
+    }
+
+    /// Halts every workflow driver (each resumes from its journal on the
+    /// next start), then stops the reconcile loop, every group and the
+    /// endpoint, and releases the journal.
     pub async fn shutdown(&self) {
+        *self.inner.workflow_gate.write().await = WorkflowGate::Closed;
+        self.inner.engine.halt();
         self.inner.shutdown.send_replace(true);
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for task in tasks {
@@ -159,6 +234,7 @@ impl Node {
         }
         self.inner.groups.shutdown().await;
         self.inner.transport.shutdown().await;
+        self.inner.journal.close().await;
     }
 
     /// The local Raft of `group`, if it runs here (for tests and tools).
@@ -202,4 +278,17 @@ impl Node {
     pub async fn metadata(&self) -> Result<Arc<MetadataState>, NodeError> {
         self.inner.refresh_metadata().await
     }
+}
+
+/// Opens the node's journal and the engine over it.
+async fn open_engine(config: &NodeConfig) -> Result<(Arc<NodeJournal>, Engine), NodeError> {
+    let options = JournalOptions::default();
+    let engine_config = EngineConfig {
+        node: config.id,
+        max_events_per_instance: options.max_events,
+        ..EngineConfig::default()
+    };
+    let journal = Arc::new(NodeJournal::open(&config.data_dir, options).await?);
+    let engine = Engine::new(Arc::clone(&journal) as _, engine_config);
+    Ok((journal, engine))
 }
