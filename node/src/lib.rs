@@ -9,6 +9,7 @@ pub mod client;
 pub mod command;
 pub mod data;
 pub mod metadata;
+pub mod migration;
 pub mod raft;
 pub mod raft_network;
 pub mod rpc;

@@ -66,6 +66,8 @@ pub enum NodeRequestV1 {
     /// drives, forwarded by the node an admin asked (which checked the
     /// admin's role). Answered here or refused; never forwarded again.
     ForwardAdmin(AdminRequest),
+    /// Node certificates only: a migration service request.
+    Migration(MigrationRequest),
 }
 
 /// Key-value and routing requests. `epoch` is the routing epoch of the
@@ -317,4 +319,140 @@ pub enum NodeResponseV1 {
     Proposed(Result<Response, ProposeError>),
     Client(ClientResponse),
     Admin(AdminResponse),
+    Migration(MigrationResponse),
+}
+
+/// A migration service request, node certificates only (`NodeRequestV1::Migration`).
+///
+/// Source reads and replica moves are answered by the group's **leader**
+/// (after a read index for the reads); any other node answers `Redirect`
+/// to the leader it knows, or to a member of the group. `EnsureGroup` is
+/// answered by the node asked. See `crate::migration`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MigrationRequest {
+    /// The metadata, read linearizably on group 0's leader.
+    Metadata,
+    /// One chunk of a vShard's base copy (`StateMachineStore::export_chunk`).
+    ExportChunk {
+        group: u64,
+        vshard: u16,
+        after_key: Option<Vec<u8>>,
+        max_pairs: u32,
+        max_bytes: u32,
+    },
+    /// Recorded changes after a log index (`StateMachineStore::changes_after`).
+    ChangesAfter {
+        group: u64,
+        vshard: u16,
+        after_index: u64,
+        limit: u32,
+    },
+    /// The vShard's digest (`StateMachineStore::vshard_digest`).
+    Digest { group: u64, vshard: u16 },
+    /// The vShard's fence index, if fenced (`StateMachineStore::fence_index`).
+    FenceIndex { group: u64, vshard: u16 },
+    /// The vShard's state and migration record in the group.
+    VShardStatus { group: u64, vshard: u16 },
+    /// Starts the group's (uninitialized) Raft on the node asked, so the
+    /// leader can replicate to it once it is a learner.
+    EnsureGroup { group: u64 },
+    /// openraft `add_learner(node, addr, blocking = false)` on the leader.
+    AddLearner { group: u64, node: u64, addr: String },
+    /// The leader's committed index and each replica's matched index.
+    Replication { group: u64 },
+    /// Joint consensus to exactly these voters (`retain = false`).
+    ChangeMembership {
+        group: u64,
+        voters: std::collections::BTreeSet<u64>,
+    },
+    /// Removes a learner (`ChangeMembers::RemoveNodes`).
+    RemoveLearner { group: u64, node: u64 },
+}
+
+/// A chunk of a base copy on the wire (`crate::raft::ExportChunk`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireExportChunk {
+    pub migration: String,
+    pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub applied_index: u64,
+    pub more: bool,
+}
+
+/// A page of recorded changes on the wire (`crate::raft::ChangesPage`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireChangesPage {
+    pub migration: String,
+    pub changes: Vec<(u64, crate::command::Change)>,
+    pub applied_index: u64,
+}
+
+/// A digest on the wire (`crate::raft::DigestAt`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireDigestAt {
+    pub state: Option<crate::data::VShardState>,
+    pub digest: crate::data::VShardDigest,
+    pub applied_index: u64,
+}
+
+/// A vShard as one group's leader holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VShardStatus {
+    pub state: Option<crate::data::VShardState>,
+    pub migration: Option<crate::data::VShardMigration>,
+    /// The applied index both were read at (after a read index).
+    pub applied_index: u64,
+}
+
+/// A group's replication as its leader sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationStatus {
+    /// The leader that answered.
+    pub leader: u64,
+    /// The leader's committed index (its read index when it answered).
+    pub committed: Option<u64>,
+    /// Node -> the highest log index known replicated there (leader included).
+    pub matched: BTreeMap<u64, Option<u64>>,
+    /// The voters of the effective membership (both halves while joint).
+    pub voters: Vec<u64>,
+    /// The learners of the effective membership.
+    pub learners: Vec<u64>,
+    /// Whether the effective membership is a joint configuration.
+    pub joint: bool,
+}
+
+/// The answer to a [`MigrationRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MigrationResponse {
+    Done,
+    /// The metadata at group 0's applied index `applied_index`.
+    Metadata {
+        applied_index: u64,
+        metadata: Box<crate::metadata::MetadataState>,
+    },
+    Chunk(WireExportChunk),
+    Changes(WireChangesPage),
+    Digest(WireDigestAt),
+    FenceIndex(Option<u64>),
+    VShardStatus(Box<VShardStatus>),
+    Replication(ReplicationStatus),
+    /// Ask that node: it leads (or is a member of) the group.
+    Redirect {
+        node: u64,
+        addr: String,
+    },
+    /// Try again shortly (an election, a membership change in progress).
+    Retry {
+        reason: String,
+    },
+    /// The state machine refused the read; retrying will not help.
+    Rejected(crate::command::Rejection),
+    /// The recorded changes asked for are not available (trimmed, never
+    /// recorded, not tracked): terminal for this cursor.
+    ChangesUnavailable {
+        reason: String,
+    },
+    /// Failed for good (an invalid membership change, storage).
+    Failed {
+        reason: String,
+    },
 }

@@ -49,6 +49,31 @@ impl Default for RaftTimings {
     }
 }
 
+/// The migration reactors' settings (`crate::migration::reactor`).
+#[derive(Clone, Debug)]
+pub struct MigrationTimings {
+    /// How often the reactors look at the registry and the local groups.
+    pub reactor_interval: Duration,
+    /// How long a ghost (the source copy of a moved vShard) stays, counted
+    /// from the `Transfer` commit, before cleanup deletes it.
+    pub ghost_ttl: Duration,
+    /// Keys one `CleanupBatch` / `DropIncoming` deletes.
+    pub cleanup_batch: u64,
+    /// Batches one reactor pass proposes per vShard before it yields.
+    pub batches_per_pass: u32,
+}
+
+impl Default for MigrationTimings {
+    fn default() -> Self {
+        Self {
+            reactor_interval: Duration::from_millis(250),
+            ghost_ttl: Duration::from_secs(60),
+            cleanup_batch: 1_000,
+            batches_per_pass: 16,
+        }
+    }
+}
+
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -61,6 +86,7 @@ pub struct NodeConfig {
     pub certs_dir: PathBuf,
     pub raft: RaftTimings,
     pub layout: StoreLayout,
+    pub migration: MigrationTimings,
 }
 
 impl NodeConfig {
@@ -73,6 +99,7 @@ impl NodeConfig {
             certs_dir,
             raft: RaftTimings::default(),
             layout: StoreLayout::default(),
+            migration: MigrationTimings::default(),
         }
     }
 

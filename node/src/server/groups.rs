@@ -140,6 +140,19 @@ impl Groups {
         Ok(runtime)
     }
 
+    /// Stops one group's Raft (this node was removed from it). Its data
+    /// stays on disk; `ensure` starts it again from there.
+    pub(crate) async fn stop(&self, group: u64) {
+        let _one_start_at_a_time = self.starting.lock().await;
+        let Some(runtime) = self.write().remove(&group) else {
+            return;
+        };
+        if let Err(error) = runtime.raft.shutdown().await {
+            tracing::warn!(group, %error, "raft shutdown failed");
+        }
+        tracing::info!(node = self.node, group, "group stopped");
+    }
+
     /// Stops every group's Raft.
     pub(crate) async fn shutdown(&self) {
         let groups = std::mem::take(&mut *self.write());

@@ -2,7 +2,8 @@
 //! and dispatches: Raft RPCs and snapshot streams (node certificates),
 //! proposals forwarded by peers (node), client requests (client, admin or
 //! node), administration (admin), workflow requests forwarded by peers
-//! (node; the admin's role was checked by the peer).
+//! (node; the admin's role was checked by the peer), migration service
+//! requests (node).
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -99,6 +100,12 @@ impl Handler for NodeHandler {
             NodeRequestV1::ForwardAdmin(request) => {
                 require_role(&peer, &[Role::Node])?;
                 NodeResponseV1::Admin(workflow_ops::handle(&self.node, request, Origin::Peer).await)
+            }
+            NodeRequestV1::Migration(request) => {
+                require_role(&peer, &[Role::Node])?;
+                NodeResponseV1::Migration(
+                    crate::migration::service::handle(&self.node, request).await,
+                )
             }
         };
         encode(response)

@@ -17,7 +17,12 @@
 //!   wherever it runs.
 //! - `reconcile` — the loop that reacts to the metadata: starts the data
 //!   groups this node is a member of, initializes them (their lowest member
-//!   does, once), and has each leader mark its bootstrap vShards `Owned`.
+//!   does, once), and has each leader mark its bootstrap vShards `Owned`;
+//!   it stops a data group this node was removed from.
+//!
+//! The migration service (`crate::migration`) answers
+//! `NodeRequestV1::Migration` through the handler, and its reactors run in
+//! a sibling loop started by `Node::start`.
 //!
 //! **Invariants:** a request reaches Raft only after its certificate's role
 //! was checked; reads are linearizable (leader + read index); the metadata
@@ -27,14 +32,14 @@
 mod admin_ops;
 mod client_ops;
 mod config;
-mod groups;
+pub(crate) mod groups;
 mod handler;
 mod journal;
-mod node;
-mod propose;
+pub(crate) mod node;
+pub(crate) mod propose;
 mod reconcile;
 mod workflow_ops;
 
-pub use config::{NodeConfig, RaftTimings, StoreLayout};
+pub use config::{MigrationTimings, NodeConfig, RaftTimings, StoreLayout};
 pub use journal::JOURNAL_FILE;
 pub use node::{Node, NodeError};

@@ -19,7 +19,7 @@ use shardflow_workflow::{Engine, EngineConfig, ResumeReport};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::config::NodeConfig;
+use super::config::{MigrationTimings, NodeConfig};
 use super::groups::Groups;
 use super::handler::NodeHandler;
 use super::journal::NodeJournal;
@@ -27,6 +27,7 @@ use super::reconcile;
 use crate::certs::PeerIdentity;
 use crate::command::METADATA_GROUP;
 use crate::metadata::MetadataState;
+use crate::migration::MigrationApi;
 use crate::transport::{ClusterTls, Transport, TransportConfig};
 
 /// Why a node could not start or act.
@@ -74,6 +75,8 @@ pub(crate) struct NodeInner {
     /// Held (read) by cancel and resume while they act; taken (write) by
     /// `resume_workflows` and `shutdown`.
     pub(crate) workflow_gate: tokio::sync::RwLock<WorkflowGate>,
+    /// The migration reactors' settings.
+    pub(crate) migration: MigrationTimings,
 }
 
 impl NodeInner {
@@ -105,6 +108,23 @@ impl NodeInner {
         Ok(Arc::clone(&cache.1))
     }
 
+    /// The cached metadata and the group-0 applied index it is at.
+    pub(crate) fn metadata_at(&self) -> (u64, Arc<MetadataState>) {
+        let cache = self.metadata.read().unwrap_or_else(|p| p.into_inner());
+        (cache.0, Arc::clone(&cache.1))
+    }
+
+    /// Adopts metadata a peer read on group 0's leader at `index`, if newer
+    /// than the cache: how a node that holds no replica of group 0 (a
+    /// replica moved to it) learns the routing table. Its own group-0
+    /// replica, never initialized, stays at index 0 and never overrides it.
+    pub(crate) fn adopt_metadata(&self, index: u64, state: MetadataState) {
+        let mut cache = self.metadata.write().unwrap_or_else(|p| p.into_inner());
+        if index > cache.0 {
+            *cache = (index, Arc::new(state));
+        }
+    }
+
     /// The address of a node, from the metadata.
     pub(crate) fn node_addr(&self, node: u64) -> Option<String> {
         self.metadata().nodes.get(&node).cloned()
@@ -115,6 +135,7 @@ impl NodeInner {
 #[derive(Clone)]
 pub struct Node {
     inner: Arc<NodeInner>,
+    migration: MigrationApi,
     tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
 }
 
@@ -162,6 +183,7 @@ impl Node {
             engine,
             journal,
             workflow_gate: tokio::sync::RwLock::new(WorkflowGate::Resuming),
+            migration: config.migration.clone(),
         });
         inner.groups.ensure(METADATA_GROUP).await?;
         reconcile::once(&inner).await?;
@@ -170,11 +192,19 @@ impl Node {
             .serve(handler)
             .map_err(|e| listen_error(e.to_string()))?;
         let task = tokio::spawn(reconcile::run(Arc::clone(&inner)));
+        let migration = MigrationApi::new(Arc::clone(&inner));
+        let reactors = tokio::spawn(crate::migration::reactor::run(migration.clone()));
         tracing::info!(node = config.id, %addr, "node serving");
         Ok(Node {
             inner,
-            tasks: Arc::new(std::sync::Mutex::new(vec![task])),
+            migration,
+            tasks: Arc::new(std::sync::Mutex::new(vec![task, reactors])),
         })
+    }
+
+    /// The migration service handle of this node (cheap to clone).
+    pub fn migration_api(&self) -> MigrationApi {
+        self.migration.clone()
     }
 
     /// This node's id.

@@ -6,7 +6,9 @@
 //! members include this node: starts its `Raft`; if this node is the
 //! group's lowest member and the group was never initialized, initializes it
 //! with the members the metadata names; and, on the group's leader, marks
-//! the vShards routed to it at the bootstrap epoch `Owned`.
+//! the vShards routed to it at the bootstrap epoch `Owned`. A data group
+//! that neither the metadata nor the group's own membership names this node
+//! in any more (its replica moved away) is stopped.
 //!
 //! **Why initializing is safe:** the metadata names a node as a member only
 //! at bootstrap or after the node holds the group's data (a moved replica is
@@ -60,7 +62,37 @@ pub(crate) async fn once(node: &NodeInner) -> Result<(), NodeError> {
         initialize_if_first(node, *group, &metadata, &runtime).await;
         assign_bootstrap_vshards(node, *group, &metadata, &runtime).await;
     }
+    stop_removed_groups(node, &metadata).await;
     Ok(())
+}
+
+/// Stops the local replica of every data group that neither the metadata
+/// nor the group's own membership names this node in any more (a replica
+/// moved away, a learner removed again). A group started for a move
+/// (`EnsureGroup`) but not yet a learner has no membership at all and is
+/// left alone; so is one the metadata still names.
+async fn stop_removed_groups(node: &NodeInner, metadata: &MetadataState) {
+    for (group, runtime) in node.groups.all() {
+        let named_in_metadata = metadata
+            .groups
+            .get(&group)
+            .is_some_and(|members| members.contains(&node.id));
+        if group == METADATA_GROUP || named_in_metadata {
+            continue;
+        }
+        let (initialized, named) = {
+            let metrics = runtime.raft.metrics();
+            let metrics = metrics.borrow();
+            let stored = &metrics.membership_config;
+            let membership = stored.membership();
+            let named = membership.voter_ids().any(|v| v == node.id)
+                || membership.learner_ids().any(|l| l == node.id);
+            (stored.log_id().is_some(), named)
+        };
+        if initialized && !named {
+            node.groups.stop(group).await;
+        }
+    }
 }
 
 async fn initialize_if_first(

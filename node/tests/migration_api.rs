@@ -1,0 +1,457 @@
+//! The migration service API ([`MigrationApi`]) on an in-process cluster
+//! (real QUIC, real redb): source reads asked of a follower reach the
+//! group's leader and return consistent data; a replica added as a learner
+//! on a fourth node catches up and is promoted by joint consensus.
+
+mod support;
+
+use support::*;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use shardflow_node::command::{Change, Command, DataOp, MetadataOp, ResponseV1};
+use shardflow_node::data::{VShardDigester, VShardState};
+use shardflow_node::migration::MigrationError;
+use shardflow_node::rpc::{
+    AdminRequest, AdminResponse, ClientRequest, ClientResponse, MigrationRequest, NodeRequest,
+    NodeRequestV1, NodeResponse, NodeResponseV1,
+};
+use shardflow_node::server::{MigrationTimings, Node};
+use tokio::time::Instant;
+
+// Proves export, changes and digest asked through a follower are answered
+// by the leader after a read index: every acknowledged write is in them,
+// and a copy built from them digests like the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_reads_through_a_follower_reach_the_leader() {
+    let cluster = cluster(2, &[1, 2, 3], MigrationTimings::default()).await;
+    let leader = cluster.leader_of(1).await;
+    let follower = cluster
+        .nodes
+        .iter()
+        .find(|n| n.id() != leader)
+        .expect("a follower");
+    let api = follower.migration_api();
+    assert!(follower.raft(1).is_some(), "the follower runs group 1");
+
+    let metadata = api.metadata(soon()).await.expect("metadata");
+    let vshard = metadata.vshards_of_group(1)[0];
+    let keys = keys_of(vshard, 20);
+    for (i, key) in keys.iter().enumerate() {
+        cluster.put(key, format!("v{i}").as_bytes()).await;
+    }
+
+    let migration = "m-api".to_string();
+    let lock = MetadataOp::LockMigration {
+        migration: migration.clone(),
+        vshard,
+        from_group: 1,
+        to_group: 2,
+        driver_epoch: 1,
+        now_ms: api.now_ms(),
+        lease_ms: 60_000,
+        max_concurrent: 4,
+    };
+    let locked = propose(
+        &api,
+        0,
+        Command::metadata(lock).with_idempotency_key("m-api/Lock/1"),
+    )
+    .await;
+    assert!(
+        matches!(
+            locked,
+            ResponseV1::Locked {
+                driver_epoch: 1,
+                ..
+            }
+        ),
+        "{locked:?}"
+    );
+    let begin = DataOp::BeginIncoming {
+        vshard,
+        migration: migration.clone(),
+    };
+    propose(&api, 2, Command::data(begin)).await;
+
+    // Before tracking, the source refuses to export: a typed, terminal error.
+    let refused = api
+        .export_chunk(1, vshard, None, 10, 1 << 20, soon())
+        .await
+        .expect_err("not tracked yet");
+    assert!(
+        matches!(refused, MigrationError::Rejected { group: 1, .. }),
+        "{refused}"
+    );
+    assert!(!refused.is_retryable());
+
+    let track = DataOp::TrackChanges {
+        vshard,
+        migration: migration.clone(),
+    };
+    let ResponseV1::Tracking { since_index } = propose(&api, 1, Command::data(track)).await else {
+        panic!("TrackChanges answers Tracking");
+    };
+
+    // The base copy, in chunks of 7.
+    let mut pairs = Vec::new();
+    let mut after = None;
+    loop {
+        let chunk = api
+            .export_chunk(1, vshard, after.clone(), 7, 1 << 20, soon())
+            .await
+            .expect("chunk");
+        assert_eq!(chunk.migration, migration);
+        assert!(
+            chunk.applied_index >= since_index,
+            "read after the tracking entry"
+        );
+        assert!(chunk.pairs.len() <= 7);
+        after = chunk.pairs.last().map(|(k, _)| k.clone());
+        pairs.extend(chunk.pairs);
+        if !chunk.more {
+            break;
+        }
+    }
+    let mut expected: Vec<(Vec<u8>, Vec<u8>)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.clone(), format!("v{i}").into_bytes()))
+        .collect();
+    expected.sort();
+    assert_eq!(
+        pairs, expected,
+        "the export holds every acknowledged write once"
+    );
+
+    let source = api.digest(1, vshard, soon()).await.expect("digest");
+    let mut digester = VShardDigester::new();
+    for (k, v) in &pairs {
+        digester.update(k, v);
+    }
+    assert_eq!(source.digest, digester.finish());
+    assert_eq!(source.state, Some(VShardState::Owned));
+
+    // Writes after tracking are in the change table, in order.
+    cluster.put(&keys[0], b"changed").await;
+    let extra = keys_of(vshard, 21).pop().expect("a 21st key");
+    cluster.put(&extra, b"new").await;
+    let delete = ClientRequest::Delete {
+        key: keys[1].clone(),
+        epoch: 0,
+    };
+    assert_eq!(cluster.client(delete).await, ClientResponse::Done);
+    let page = api
+        .changes_after(1, vshard, since_index, 100, soon())
+        .await
+        .expect("changes");
+    let changes: Vec<Change> = page.changes.iter().map(|(_, c)| c.clone()).collect();
+    assert_eq!(
+        changes,
+        vec![
+            Change::Put {
+                key: keys[0].clone(),
+                value: b"changed".to_vec()
+            },
+            Change::Put {
+                key: extra.clone(),
+                value: b"new".to_vec()
+            },
+            Change::Delete {
+                key: keys[1].clone()
+            },
+        ]
+    );
+    let indexes: Vec<u64> = page.changes.iter().map(|(i, _)| *i).collect();
+    assert!(indexes.windows(2).all(|w| w[0] < w[1]) && indexes[0] > since_index);
+    assert!(page.applied_index >= *indexes.last().expect("three"));
+
+    // A copy built from these reads digests like the source.
+    let ingest = DataOp::IngestChunk {
+        vshard,
+        migration: migration.clone(),
+        pairs,
+    };
+    propose(&api, 2, Command::data(ingest)).await;
+    let apply = DataOp::ApplyChanges {
+        vshard,
+        migration: migration.clone(),
+        changes: page.changes.clone(),
+    };
+    propose(&api, 2, Command::data(apply)).await;
+    let target = api.digest(2, vshard, soon()).await.expect("target digest");
+    let source = api.digest(1, vshard, soon()).await.expect("source digest");
+    assert_eq!(target.digest, source.digest);
+    assert_eq!(
+        target.state,
+        Some(VShardState::Incoming {
+            migration: migration.clone()
+        })
+    );
+
+    // The fence index is read on the leader too.
+    assert_eq!(
+        api.fence_index(1, vshard, soon()).await.expect("no fence"),
+        None
+    );
+    let fence = DataOp::Fence {
+        vshard,
+        migration: migration.clone(),
+        fence_id: (1, 0),
+        deadline_ms: api.now_ms() + 60_000,
+    };
+    let ResponseV1::Fenced { fence_index } = propose(&api, 1, Command::data(fence)).await else {
+        panic!("Fence answers Fenced");
+    };
+    assert_eq!(
+        api.fence_index(1, vshard, soon()).await.expect("fenced"),
+        Some(fence_index)
+    );
+    let status = api.vshard_status(1, vshard, soon()).await.expect("status");
+    assert_eq!(
+        status.state,
+        Some(VShardState::Fenced {
+            migration: migration.clone()
+        })
+    );
+    assert!(status.applied_index >= fence_index);
+
+    // Changes ask a cursor the table no longer covers: terminal.
+    let gone = api.changes_after(1, vshard, 0, 10, soon()).await;
+    assert!(
+        matches!(gone, Err(MigrationError::ChangesUnavailable { .. })),
+        "{gone:?}"
+    );
+
+    // Only node certificates may ask the migration service.
+    let denied = cluster
+        .admin
+        .call_typed::<_, NodeResponse>(
+            follower.local_addr(),
+            &NodeRequest::V1(NodeRequestV1::Migration(MigrationRequest::Digest {
+                group: 1,
+                vshard,
+            })),
+        )
+        .await
+        .expect_err("an admin certificate is refused");
+    assert!(denied.is_permission_denied(), "{denied}");
+
+    cluster.shutdown().await;
+}
+
+// Proves a fourth node added as a learner catches up (its matched index
+// reaches the commit index seen before) and becomes a voter by joint
+// consensus, replacing a follower; and that a learner can be removed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_on_a_fourth_node_catches_up_and_is_promoted() {
+    let cluster = cluster(1, &[1, 2, 3, 4], MigrationTimings::default()).await;
+    for i in 0..50 {
+        cluster.put(format!("k{i}").as_bytes(), b"x").await;
+    }
+    let fourth = Node::start(config(cluster.dir.path(), 4, &MigrationTimings::default()))
+        .await
+        .expect("node 4 starts");
+    let addr4 = fourth.local_addr().to_string();
+    let add_node = AdminRequest::AddNode {
+        id: 4,
+        addr: addr4.clone(),
+    };
+    let added = call(
+        &cluster.admin,
+        cluster.nodes[0].local_addr(),
+        NodeRequestV1::Admin(add_node),
+    )
+    .await;
+    assert!(
+        matches!(added, NodeResponseV1::Admin(AdminResponse::Done)),
+        "{added:?}"
+    );
+
+    let api = cluster.nodes[0].migration_api();
+    api.ensure_group(1, 4, &addr4, soon())
+        .await
+        .expect("group 1 runs on node 4");
+    assert!(fourth.raft(1).is_some());
+    let start = api.replication(1, soon()).await.expect("replication");
+    let committed = start.committed.expect("a committed index");
+    api.add_learner(1, 4, addr4.clone(), soon())
+        .await
+        .expect("learner");
+    api.add_learner(1, 4, addr4.clone(), soon())
+        .await
+        .expect("idempotent");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let caught_up = loop {
+        let (matched, _) = api.replication_matched(1, soon()).await.expect("matched");
+        if let Some(Some(index)) = matched.get(&4) {
+            if *index >= committed {
+                break *index;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4 did not catch up: {matched:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(caught_up >= committed);
+    let status = api.replication(1, soon()).await.expect("replication");
+    assert_eq!(status.learners, vec![4]);
+
+    // Promote node 4, replacing a follower.
+    let leader = status.leader;
+    let removed = [1, 2, 3]
+        .into_iter()
+        .find(|n| *n != leader)
+        .expect("a follower");
+    let voters: BTreeSet<u64> = [1, 2, 3, 4].into_iter().filter(|n| *n != removed).collect();
+    api.change_membership(1, voters.clone(), soon())
+        .await
+        .expect("promoted");
+    api.change_membership(1, voters.clone(), soon())
+        .await
+        .expect("idempotent");
+    let status = api.replication(1, soon()).await.expect("replication");
+    assert_eq!(
+        status.voters.iter().copied().collect::<BTreeSet<_>>(),
+        voters
+    );
+    assert!(status.learners.is_empty() && !status.joint, "{status:?}");
+    let members: Vec<u64> = voters.iter().copied().collect();
+    let record = MetadataOp::SetGroupMembers { group: 1, members };
+    propose(&api, 0, Command::metadata(record)).await;
+
+    // Node 4 now takes part in commits.
+    for i in 50..60 {
+        cluster.put(format!("k{i}").as_bytes(), b"y").await;
+    }
+    let target = api
+        .replication(1, soon())
+        .await
+        .expect("replication")
+        .committed;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let applied = fourth
+            .raft(1)
+            .and_then(|r| r.metrics().borrow().last_applied)
+            .map(|l| l.index);
+        if applied >= target {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4 applied {applied:?} < {target:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Compensation of an AddLearner: the learner goes away again; a voter
+    // is refused, terminally.
+    let addr = cluster.node(removed).local_addr().to_string();
+    api.add_learner(1, removed, addr, soon())
+        .await
+        .expect("learner again");
+    api.remove_learner(1, removed, soon())
+        .await
+        .expect("removed");
+    api.remove_learner(1, removed, soon())
+        .await
+        .expect("idempotent");
+    let status = api.replication(1, soon()).await.expect("replication");
+    assert!(status.learners.is_empty(), "{status:?}");
+    let refused = api.remove_learner(1, 4, soon()).await.expect_err("a voter");
+    assert!(matches!(refused, MigrationError::Failed { .. }) && !refused.is_retryable());
+
+    // Now replace the group's leader: it commits the new configuration,
+    // steps down, and the remaining voters elect a new leader.
+    let old_leader = api
+        .replication(1, soon())
+        .await
+        .expect("replication")
+        .leader;
+    let voters: BTreeSet<u64> = voters.into_iter().filter(|n| *n != old_leader).collect();
+    let addr = cluster.node(removed).local_addr().to_string();
+    api.add_learner(1, removed, addr, soon())
+        .await
+        .expect("learner");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = api.replication(1, soon()).await.expect("replication");
+        let caught_up = status.matched.get(&removed).copied().flatten() >= status.committed;
+        if caught_up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node {removed} did not catch up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let promote = voters
+        .iter()
+        .copied()
+        .chain([removed])
+        .collect::<BTreeSet<u64>>();
+    api.change_membership(1, promote.clone(), soon())
+        .await
+        .expect("leader replaced");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        match api.replication(1, soon()).await {
+            Ok(status) if status.leader != old_leader && !status.joint => break status,
+            other => {
+                if Instant::now() >= deadline {
+                    for n in cluster.nodes.iter().chain([&fourth]) {
+                        let m = n.raft(1).map(|r| r.metrics().borrow().clone());
+                        eprintln!(
+                            "node {} {:?}",
+                            n.id(),
+                            m.map(|m| (
+                                m.state,
+                                m.current_leader,
+                                m.current_term,
+                                m.last_applied,
+                                m.membership_config.clone()
+                            ))
+                        );
+                    }
+                    panic!("no new leader: {other:?}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        status.voters.iter().copied().collect::<BTreeSet<_>>(),
+        promote
+    );
+    let members: Vec<u64> = promote.iter().copied().collect();
+    let record = MetadataOp::SetGroupMembers { group: 1, members };
+    propose(&api, 0, Command::metadata(record)).await;
+    // The old leader stops its replica once the metadata no longer names it.
+    let old = cluster.node(old_leader);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while old.raft(1).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "node {old_leader} still runs group 1"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Node 4 holds no replica of group 0, yet learns the routing table
+    // from its group's peers, so it can serve clients as the new leader.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !fourth.metadata().await.expect("metadata").is_bootstrapped() {
+        assert!(
+            Instant::now() < deadline,
+            "node 4 never learned the metadata"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.put(b"after-leader-move", b"z").await;
+    assert_eq!(cluster.get(b"after-leader-move").await, Some(b"z".to_vec()));
+
+    fourth.shutdown().await;
+    cluster.shutdown().await;
+}
