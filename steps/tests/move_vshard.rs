@@ -2,6 +2,8 @@
 //! with 2 data groups: a full migration under a live writer, and a cancel
 //! during BaseCopy that compensates fully.
 
+// The in-process cluster harness the node crate's migration tests use.
+#[path = "../../node/tests/support/mod.rs"]
 mod support;
 
 use support::*;
