@@ -46,6 +46,7 @@ mod config;
 mod error;
 #[cfg(test)]
 mod live_tests;
+mod migrate;
 mod outcome;
 mod ready;
 mod request;

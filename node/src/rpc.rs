@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use shardflow_workflow::{Envelope, Event, InstanceSummary, WorkflowId, WorkflowState};
 
+pub use crate::migration::launcher::{ReplicaMove, VShardMove};
+
 use crate::command::{Command, Response};
 use crate::metadata::Route;
 use crate::raft::{NodeAddr, TypeConfig};
@@ -184,6 +186,10 @@ pub enum AdminRequest {
         id: WorkflowId,
         by: String,
     },
+    /// Starts a MoveVShard workflow on the node asked (`Submitted`).
+    MigrateVShard(VShardMove),
+    /// Starts a MoveReplica workflow on the node asked (`Submitted`).
+    MigrateReplica(ReplicaMove),
 }
 
 /// The most events one `WorkflowShow` answer carries.
@@ -225,6 +231,11 @@ pub enum AdminResponse {
     },
     /// The answer to `WorkflowShow`.
     Workflow(Box<WorkflowPage>),
+    /// The answer to `MigrateVShard` / `MigrateReplica`: the workflow
+    /// journaled and started (its id names the node driving it).
+    Submitted {
+        id: WorkflowId,
+    },
 }
 
 /// One workflow as `WorkflowList` reports it.

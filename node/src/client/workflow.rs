@@ -165,6 +165,24 @@ impl Client {
     where
         F: FnMut(&WorkflowEvent) + Send,
     {
+        self.workflow_follow(id, timeout, |page| {
+            page.events.iter().for_each(&mut on_event)
+        })
+        .await
+    }
+
+    /// Like [`Client::workflow_watch`], calling `on_page` with every page
+    /// polled: the state at that poll and the events new since the last
+    /// one (possibly none). For progress displays that read the state.
+    pub async fn workflow_follow<F>(
+        &self,
+        id: WorkflowId,
+        timeout: Duration,
+        mut on_page: F,
+    ) -> Result<WorkflowState, ClientError>
+    where
+        F: FnMut(&WorkflowPage) + Send,
+    {
         let started = Instant::now();
         let deadline = started + timeout;
         let mut next_seq = 0u64;
@@ -179,9 +197,9 @@ impl Client {
                     if !page.events.is_empty() {
                         backoff = Backoff::new(WATCH_POLL_MIN, WATCH_POLL_MAX);
                     }
-                    for event in &page.events {
-                        on_event(event);
-                        next_seq = event.seq + 1;
+                    on_page(&page);
+                    if let Some(last) = page.events.last() {
+                        next_seq = last.seq + 1;
                     }
                     let state = page.state;
                     phase = state.phase.label();

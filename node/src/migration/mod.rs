@@ -44,6 +44,7 @@
 //! again only once the metadata names the node a member (the MoveReplica
 //! step re-sends `EnsureGroup` when it retries).
 
+pub mod launcher;
 pub mod reactor;
 pub(crate) mod service;
 

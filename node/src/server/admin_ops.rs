@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::migrate_ops::{self, Migrate};
 use super::node::NodeInner;
 use super::propose;
 use super::workflow_ops::{self, Origin};
@@ -36,6 +37,12 @@ pub(crate) async fn handle(node: &NodeInner, request: AdminRequest) -> AdminResp
         | AdminRequest::WorkflowCancel { .. }
         | AdminRequest::WorkflowResume { .. }) => {
             workflow_ops::handle(node, request, Origin::Admin).await
+        }
+        AdminRequest::MigrateVShard(request) => {
+            migrate_ops::handle(node, Migrate::VShard(request)).await
+        }
+        AdminRequest::MigrateReplica(request) => {
+            migrate_ops::handle(node, Migrate::Replica(request)).await
         }
     }
 }

@@ -74,6 +74,30 @@ impl Default for MigrationTimings {
     }
 }
 
+/// Limits on the migrations this node drives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrationLimits {
+    /// Live vShard migrations allowed in the cluster: a submission beyond
+    /// it is refused here, and the metadata group's `LockMigration`
+    /// enforces it again cluster-wide.
+    pub max_concurrent: u32,
+    /// The base copy's rate, in key and value bytes per second (`None`:
+    /// unlimited).
+    pub copy_bytes_per_sec: Option<u64>,
+    /// The write-pause budget of a `migrate vshard` that names none.
+    pub default_pause_budget_ms: u64,
+}
+
+impl Default for MigrationLimits {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 4,
+            copy_bytes_per_sec: None,
+            default_pause_budget_ms: 2_000,
+        }
+    }
+}
+
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -87,6 +111,7 @@ pub struct NodeConfig {
     pub raft: RaftTimings,
     pub layout: StoreLayout,
     pub migration: MigrationTimings,
+    pub limits: MigrationLimits,
 }
 
 impl NodeConfig {
@@ -100,6 +125,7 @@ impl NodeConfig {
             raft: RaftTimings::default(),
             layout: StoreLayout::default(),
             migration: MigrationTimings::default(),
+            limits: MigrationLimits::default(),
         }
     }
 

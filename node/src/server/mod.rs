@@ -9,6 +9,8 @@
 //!   role checks, then Raft RPCs, snapshots, proposals, client and admin
 //!   requests.
 //! - `client_ops`, `admin_ops` — the answers to client and admin requests.
+//! - `migrate_ops` — `MigrateVShard` / `MigrateReplica`: checked against
+//!   the metadata, then started through the installed launcher.
 //! - `workflow_ops` — the answers to workflow requests: from this node's
 //!   engine, or forwarded once to the node whose id the workflow id names.
 //! - `journal` — the node's workflow journal (`DATA/journal.redb`),
@@ -29,17 +31,18 @@
 //! cache only moves forward (it is replaced by the state of a higher applied
 //! index).
 
-mod admin_ops;
+pub(crate) mod admin_ops;
 mod client_ops;
 mod config;
 pub(crate) mod groups;
 mod handler;
 mod journal;
+mod migrate_ops;
 pub(crate) mod node;
 pub(crate) mod propose;
 mod reconcile;
 mod workflow_ops;
 
-pub use config::{MigrationTimings, NodeConfig, RaftTimings, StoreLayout};
+pub use config::{MigrationLimits, MigrationTimings, NodeConfig, RaftTimings, StoreLayout};
 pub use journal::JOURNAL_FILE;
 pub use node::{Node, NodeError};

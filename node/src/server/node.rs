@@ -19,7 +19,7 @@ use shardflow_workflow::{Engine, EngineConfig, ResumeReport};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::config::{MigrationTimings, NodeConfig};
+use super::config::{MigrationLimits, MigrationTimings, NodeConfig};
 use super::groups::Groups;
 use super::handler::NodeHandler;
 use super::journal::NodeJournal;
@@ -27,6 +27,7 @@ use super::reconcile;
 use crate::certs::PeerIdentity;
 use crate::command::METADATA_GROUP;
 use crate::metadata::MetadataState;
+use crate::migration::launcher::MigrationLauncher;
 use crate::migration::MigrationApi;
 use crate::transport::{ClusterTls, Transport, TransportConfig};
 
@@ -77,6 +78,10 @@ pub(crate) struct NodeInner {
     pub(crate) workflow_gate: tokio::sync::RwLock<WorkflowGate>,
     /// The migration reactors' settings.
     pub(crate) migration: MigrationTimings,
+    /// Limits on the migrations submitted here.
+    pub(crate) limits: MigrationLimits,
+    /// Starts migration workflows; installed by the layer defining them.
+    pub(crate) launcher: RwLock<Option<Arc<dyn MigrationLauncher>>>,
 }
 
 impl NodeInner {
@@ -184,6 +189,8 @@ impl Node {
             journal,
             workflow_gate: tokio::sync::RwLock::new(WorkflowGate::Resuming),
             migration: config.migration.clone(),
+            limits: config.limits.clone(),
+            launcher: RwLock::new(None),
         });
         inner.groups.ensure(METADATA_GROUP).await?;
         reconcile::once(&inner).await?;
@@ -221,6 +228,23 @@ impl Node {
     /// kinds on it, then call [`Node::resume_workflows`].
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// The limits on migrations this node was started with.
+    pub fn limits(&self) -> &MigrationLimits {
+        &self.inner.limits
+    }
+
+    /// Makes `MigrateVShard` / `MigrateReplica` admin requests start
+    /// workflows through `launcher` (the layer that defines the workflows
+    /// installs it, with their kinds registered on [`Node::engine`], before
+    /// [`Node::resume_workflows`]). Until then they are refused.
+    pub fn install_launcher(&self, launcher: Arc<dyn MigrationLauncher>) {
+        *self
+            .inner
+            .launcher
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(launcher);
     }
 
     /// Resumes every unfinished workflow of the journal (each gets a new

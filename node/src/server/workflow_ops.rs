@@ -131,26 +131,30 @@ async fn local(node: &NodeInner, request: AdminRequest) -> AdminResponse {
         AdminRequest::WorkflowList { include_ended } => list(node, include_ended).await,
         AdminRequest::WorkflowShow { id, from_seq } => show(node, id, from_seq).await,
         AdminRequest::WorkflowCancel { id, by } => {
-            gated(node, async { engine.cancel(id, &by).await }).await
+            gated(node, async { engine.cancel(id, &by).await.map(done) }).await
         }
         AdminRequest::WorkflowResume { id, by } => {
-            gated(node, async { engine.resume(id, &by).await }).await
+            gated(node, async { engine.resume(id, &by).await.map(done) }).await
         }
         other => return rejected(format!("{other:?} is not a workflow request")),
     };
     outcome.unwrap_or_else(|error| engine_error(node.id, error))
 }
 
+fn done(_: ()) -> AdminResponse {
+    AdminResponse::Done
+}
+
 /// Runs `change` while the node's workflows are resumed and not halted.
-async fn gated(
+pub(crate) async fn gated(
     node: &NodeInner,
-    change: impl std::future::Future<Output = Result<(), EngineError>>,
+    change: impl std::future::Future<Output = Result<AdminResponse, EngineError>>,
 ) -> Result<AdminResponse, EngineError> {
     let Ok(gate) = node.workflow_gate.try_read() else {
         return Ok(busy(node.id, "is resuming or halting its workflows"));
     };
     match *gate {
-        WorkflowGate::Open => change.await.map(|()| AdminResponse::Done),
+        WorkflowGate::Open => change.await,
         WorkflowGate::Resuming => Ok(busy(node.id, "has not resumed its workflows yet")),
         WorkflowGate::Closed => Ok(busy(node.id, "is shutting down")),
     }
@@ -212,7 +216,7 @@ async fn show(
 }
 
 /// What an engine error means to the admin who asked.
-fn engine_error(node: u64, error: EngineError) -> AdminResponse {
+pub(crate) fn engine_error(node: u64, error: EngineError) -> AdminResponse {
     match error {
         EngineError::UnknownWorkflow(id)
         | EngineError::Journal(JournalError::UnknownInstance(id)) => rejected(format!(
