@@ -429,6 +429,8 @@ pub struct ReplicationStatus {
     pub learners: Vec<u64>,
     /// Whether the effective membership is a joint configuration.
     pub joint: bool,
+    /// The log index of the effective membership's entry.
+    pub membership_index: Option<u64>,
 }
 
 /// The answer to a [`MigrationRequest`].

@@ -351,7 +351,13 @@ async fn a_learner_on_a_fourth_node_catches_up_and_is_promoted() {
 
     // Compensation of an AddLearner: the learner goes away again; a voter
     // is refused, terminally.
+    // The removed node stopped its replica (reconcile: the leader's newer
+    // membership excludes it), so it is started again first, as a
+    // MoveReplica's AddLearner does.
     let addr = cluster.node(removed).local_addr().to_string();
+    api.ensure_group(1, removed, &addr, soon())
+        .await
+        .expect("group started again");
     api.add_learner(1, removed, addr, soon())
         .await
         .expect("learner again");
@@ -375,6 +381,9 @@ async fn a_learner_on_a_fourth_node_catches_up_and_is_promoted() {
         .leader;
     let voters: BTreeSet<u64> = voters.into_iter().filter(|n| *n != old_leader).collect();
     let addr = cluster.node(removed).local_addr().to_string();
+    api.ensure_group(1, removed, &addr, soon())
+        .await
+        .expect("group started again");
     api.add_learner(1, removed, addr, soon())
         .await
         .expect("learner");

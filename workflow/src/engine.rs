@@ -331,8 +331,10 @@ impl Engine {
         Ok(self.inner.journal.prune_ended(cutoff).await?)
     }
 
-    /// Stops every driver at once, as a crash would (no event is journaled).
-    /// Their instances resume from the journal on the next `resume_all`.
+    /// Stops every driver at once, as a crash would (no event is journaled),
+    /// and forgets the registered definitions: a halted engine drives
+    /// nothing more. Their instances resume from the journal when a new
+    /// engine over it registers the kinds and calls `resume_all`.
     pub fn halt(&self) {
         let mut known = lock(&self.inner.known);
         for entry in known.values_mut() {
@@ -343,6 +345,10 @@ impl Engine {
             }
         }
         known.clear();
+        drop(known);
+        // The definitions hold what their steps call (a node's services,
+        // which hold the node): dropping them lets a halted node be freed.
+        write_lock(&self.inner.definitions).clear();
     }
 
     fn definition(&self, kind: &str) -> Result<Arc<dyn Definition>, EngineError> {

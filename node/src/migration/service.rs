@@ -364,6 +364,7 @@ async fn replication(node: &NodeInner, group: u64) -> MigrationResponse {
         voters: membership.voter_ids().collect(),
         learners: membership.learner_ids().collect(),
         joint: membership.get_joint_config().len() > 1,
+        membership_index: metrics.membership_config.log_id().map(|id| id.index),
     })
 }
 

@@ -230,6 +230,11 @@ impl Node {
         &self.inner.engine
     }
 
+    /// The migration reactors' settings this node was started with.
+    pub fn migration_timings(&self) -> &MigrationTimings {
+        &self.inner.migration
+    }
+
     /// The limits on migrations this node was started with.
     pub fn limits(&self) -> &MigrationLimits {
         &self.inner.limits
@@ -280,6 +285,13 @@ impl Node {
     /// endpoint, and releases the journal.
     pub async fn shutdown(&self) {
         *self.inner.workflow_gate.write().await = WorkflowGate::Closed;
+        // The launcher and the engine's definitions hold this node's
+        // services: dropping them lets the node be freed.
+        *self
+            .inner
+            .launcher
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         self.inner.engine.halt();
         self.inner.shutdown.send_replace(true);
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));

@@ -7,8 +7,9 @@
 //! group's lowest member and the group was never initialized, initializes it
 //! with the members the metadata names; and, on the group's leader, marks
 //! the vShards routed to it at the bootstrap epoch `Owned`. A data group
-//! that neither the metadata nor the group's own membership names this node
-//! in any more (its replica moved away) is stopped.
+//! this node was removed from (its replica moved away: the metadata no
+//! longer names it, and neither does the group's membership as the leader
+//! holds it) is stopped.
 //!
 //! **Why initializing is safe:** the metadata names a node as a member only
 //! at bootstrap or after the node holds the group's data (a moved replica is
@@ -27,6 +28,9 @@ use crate::raft::NodeAddr;
 
 /// The safety-net period of the loop.
 const TICK: Duration = Duration::from_millis(500);
+/// How long a pass waits for a group's leader to say whether this node
+/// is still a member.
+const LEADER_ASK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Runs until the node shuts down.
 pub(crate) async fn run(node: Arc<NodeInner>) {
@@ -49,7 +53,7 @@ pub(crate) async fn run(node: Arc<NodeInner>) {
 }
 
 /// One reconcile pass.
-pub(crate) async fn once(node: &NodeInner) -> Result<(), NodeError> {
+pub(crate) async fn once(node: &Arc<NodeInner>) -> Result<(), NodeError> {
     let metadata = node.refresh_metadata().await?;
     if !metadata.is_bootstrapped() {
         return Ok(());
@@ -66,12 +70,21 @@ pub(crate) async fn once(node: &NodeInner) -> Result<(), NodeError> {
     Ok(())
 }
 
-/// Stops the local replica of every data group that neither the metadata
-/// nor the group's own membership names this node in any more (a replica
-/// moved away, a learner removed again). A group started for a move
-/// (`EnsureGroup`) but not yet a learner has no membership at all and is
-/// left alone; so is one the metadata still names.
-async fn stop_removed_groups(node: &NodeInner, metadata: &MetadataState) {
+/// Stops the local replica of every data group this node was removed from
+/// (a replica moved away, a learner removed again). A group the metadata
+/// still names is kept, and so is one started for a move (`EnsureGroup`)
+/// that holds no membership yet.
+///
+/// A removed replica often never learns it was removed: the leader stops
+/// replicating to it once the configuration without it is appended, so its
+/// own membership still names it (and, a voter, it campaigns in vain). So
+/// when the metadata no longer names this node but its local membership
+/// does, the group's leader decides: the replica is stopped only if the
+/// leader's membership excludes this node *and* is newer (a higher log
+/// index) than the local one. A replica just promoted by a MoveReplica
+/// whose Record has not committed yet is in the leader's membership, so it
+/// is kept.
+async fn stop_removed_groups(node: &Arc<NodeInner>, metadata: &MetadataState) {
     for (group, runtime) in node.groups.all() {
         let named_in_metadata = metadata
             .groups
@@ -80,18 +93,44 @@ async fn stop_removed_groups(node: &NodeInner, metadata: &MetadataState) {
         if group == METADATA_GROUP || named_in_metadata {
             continue;
         }
-        let (initialized, named) = {
+        let (local_index, named) = {
             let metrics = runtime.raft.metrics();
             let metrics = metrics.borrow();
             let stored = &metrics.membership_config;
             let membership = stored.membership();
             let named = membership.voter_ids().any(|v| v == node.id)
                 || membership.learner_ids().any(|l| l == node.id);
-            (stored.log_id().is_some(), named)
+            (stored.log_id().map(|id| id.index), named)
         };
-        if initialized && !named {
+        let Some(local_index) = local_index else {
+            continue;
+        };
+        if !named || removed_by_leader(node, group, local_index).await {
+            tracing::info!(
+                node = node.id,
+                group,
+                "replica removed from the group; stopping it"
+            );
             node.groups.stop(group).await;
         }
+    }
+}
+
+/// Whether `group`'s leader has a membership newer than `local_index`
+/// that names neither a voter nor a learner on this node.
+async fn removed_by_leader(node: &Arc<NodeInner>, group: u64, local_index: u64) -> bool {
+    let api = crate::migration::MigrationApi::new(Arc::clone(node));
+    let deadline = tokio::time::Instant::now() + LEADER_ASK_TIMEOUT;
+    match api.replication(group, deadline).await {
+        Ok(status) => {
+            let named = status.voters.contains(&node.id) || status.learners.contains(&node.id);
+            status.leader != node.id
+                && !named
+                && status
+                    .membership_index
+                    .is_some_and(|index| index > local_index)
+        }
+        Err(_) => false,
     }
 }
 
