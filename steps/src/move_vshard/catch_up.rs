@@ -4,6 +4,12 @@
 //! the lag under a threshold. Bounded rounds; if the lag stops shrinking
 //! for a bounded number of rounds, fails with that reason.
 //!
+//! **Progress.** After each round the step checkpoints a
+//! [`CatchUpProgress`] (postcard, like the copy cursor): the round (counted
+//! over every attempt of the step), the changes that round found, and the
+//! source log index applied on the target so far. CutOver's own catch-up
+//! pass before each fence does not checkpoint.
+//!
 //! Compensation: the abort path, as BaseCopy's (idempotent).
 
 use std::sync::Arc;
@@ -26,16 +32,32 @@ pub struct CatchUpOutput {
     pub last_lag: u64,
 }
 
+/// The checkpointed progress of CatchUp, one per round (postcard in the
+/// `Checkpoint` events of the CatchUp step:
+/// `postcard::from_bytes::<CatchUpProgress>`). Fields are only appended.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatchUpProgress {
+    /// Rounds done, over every attempt of the step (from 1).
+    pub round: u32,
+    /// Changes the round found (at most `changes_per_round`): what the
+    /// target was behind by when the round began, up to a page.
+    pub lag: u64,
+    /// The highest source log index applied on the target.
+    pub applied_up_to: u64,
+}
+
 pub struct CatchUp(pub Arc<Shared>);
 
 /// One catch-up pass (also run by CutOver before each fence): rounds of
 /// fetch → apply → trim until a round finds at most `threshold` changes.
+/// With `checkpoint`, each round journals a [`CatchUpProgress`].
 /// Returns (applied up to, rounds, last lag).
 pub(crate) async fn catch_up(
     shared: &Shared,
     ctx: &Ctx,
     label: &str,
     threshold: usize,
+    checkpoint: bool,
 ) -> Result<(u64, u32, u64), StepError> {
     let input = ctx.input();
     let from = shared.source_group(ctx)?;
@@ -45,6 +67,13 @@ pub(crate) async fn catch_up(
     let mut after = since.max(shared.target_applied(ctx).await?);
     let mut best_lag = u64::MAX;
     let mut stalled = 0u32;
+    // Rounds of earlier attempts, so the journaled round only grows.
+    let rounds_before = match ctx.last_checkpoint().filter(|_| checkpoint) {
+        Some(bytes) => {
+            postcard::from_bytes::<CatchUpProgress>(bytes).map_or(0, |progress| progress.round)
+        }
+        None => 0,
+    };
     for round in 1..=shared.config.max_rounds {
         if ctx.is_cancelled() {
             return Err(StepError::Cancelled);
@@ -94,6 +123,16 @@ pub(crate) async fn catch_up(
                 .await
                 .map_err(migration_error)?;
         }
+        if checkpoint {
+            let progress = CatchUpProgress {
+                round: rounds_before.saturating_add(round),
+                lag,
+                applied_up_to: after,
+            };
+            let progress = postcard::to_stdvec(&progress)
+                .map_err(|e| StepError::terminal(format!("cannot encode progress: {e}")))?;
+            ctx.checkpoint(progress).await?;
+        }
         if lag as usize <= threshold {
             return Ok((after, round, lag));
         }
@@ -139,7 +178,7 @@ impl Step<MoveVShardInput> for CatchUp {
             ));
         }
         let (applied_up_to, rounds, last_lag) =
-            catch_up(shared, ctx, "apply", shared.config.lag_threshold).await?;
+            catch_up(shared, ctx, "apply", shared.config.lag_threshold, true).await?;
         encode_output(&CatchUpOutput {
             applied_up_to,
             rounds,

@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use shardflow_node::command::{Command, DataOp, FenceId, MetadataOp, Rejection, ResponseV1};
 use shardflow_node::metadata::MigrationPhase;
+use shardflow_node::migration::now_ms;
 use shardflow_workflow::{encode_output, RetryPolicy, Step, StepError};
 use tokio::time::Instant;
 
@@ -137,7 +138,7 @@ impl CutOver {
         let migration = migration_id(ctx);
         let budget = Duration::from_millis(input.pause_budget_ms);
         // The fence outlives a dead driver by at most this.
-        let deadline_ms = shared.api.now_ms() + input.lease_ms.max(input.pause_budget_ms * 4);
+        let deadline_ms = now_ms() + input.lease_ms.max(input.pause_budget_ms * 4);
         let fence = DataOp::Fence {
             vshard: input.vshard,
             migration: migration.clone(),
@@ -235,23 +236,44 @@ impl CutOver {
         let transfer = MetadataOp::Transfer {
             migration: migration.clone(),
             driver_epoch: ctx.epoch(),
-            now_ms: shared.api.now_ms(),
+            now_ms: now_ms(),
         };
         // An unanswered Transfer may still commit: re-propose it under the
         // same key (answered with the first result if it committed) until
-        // the answer is definite. Until then the fence must stay.
-        let mut tries = 0;
+        // the answer is definite, and read the registry (the decision
+        // record) between tries. Until then the fence must stay. Past the
+        // fence's deadline the source asks the metadata group to abort,
+        // which settles it too; we keep asking until a little after that,
+        // so an attempt rarely ends with the decision unknown (a cancel
+        // then compensates only a migration that really did not transfer).
+        let settle_by = Instant::now()
+            + Duration::from_millis(deadline_ms.saturating_sub(now_ms()))
+            + shared.config.call_timeout;
         let answer = loop {
             let command = Command::metadata(transfer.clone());
-            match shared.propose(0, command, key(ctx, "transfer")).await {
+            let error = match shared.propose(0, command, key(ctx, "transfer")).await {
                 Ok(answer) => break answer,
-                Err(error) => {
-                    tries += 1;
-                    if tries >= 3 {
-                        return Err(Failed::Undecided(error));
+                Err(error) => error,
+            };
+            if let Ok(Some(record)) = shared.record(ctx).await {
+                match record.phase {
+                    MigrationPhase::Transferred { epoch } => {
+                        break Ok(ResponseV1::Transferred { epoch })
                     }
+                    MigrationPhase::Aborted => {
+                        return Err(StepError::terminal(format!(
+                            "the migration was aborted during the cut-over: {:?}",
+                            record.abort
+                        ))
+                        .into())
+                    }
+                    MigrationPhase::Locked => {}
                 }
             }
+            if Instant::now() >= settle_by {
+                return Err(Failed::Undecided(error));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         };
         match answer {
             Ok(ResponseV1::Transferred { epoch }) => Ok((epoch, fence_index, fenced_at)),
@@ -311,7 +333,14 @@ impl Step<MoveVShardInput> for CutOver {
         }
         shared.renew(ctx).await?;
         // Catch up until what is left drains quickly.
-        catch_up(shared, ctx, "cutover-catchup", shared.config.lag_threshold).await?;
+        catch_up(
+            shared,
+            ctx,
+            "cutover-catchup",
+            shared.config.lag_threshold,
+            false,
+        )
+        .await?;
         if ctx.is_cancelled() {
             return Err(StepError::Cancelled);
         }
@@ -358,6 +387,25 @@ impl Step<MoveVShardInput> for CutOver {
     async fn compensate(&self, ctx: &Ctx) -> Result<(), StepError> {
         let shared = &self.0;
         let from = shared.source_group(ctx)?;
+        // `Transfer` may have committed without `PointOfNoReturn` journaled
+        // (the driver died between the two, with a cancel pending). The
+        // registry is the decision record: the migration rolls forward. The
+        // engine cannot leave compensation once started, so finish the data
+        // side (idempotent, as the reactors would) and park the workflow
+        // for an operator with the reason.
+        if let Some(record) = shared.record(ctx).await? {
+            if let MigrationPhase::Transferred { epoch } = record.phase {
+                if let Err(error) = self.roll_forward(ctx, from, epoch).await {
+                    // The reactors finish it anyway.
+                    tracing::warn!(%error, "rolling forward from a compensation failed");
+                }
+                return Err(StepError::terminal(format!(
+                    "cannot compensate: Transfer committed at epoch {epoch} before the \
+                     point of no return was journaled; the migration rolled forward \
+                     (the target owns the vShard, the reactors clean the source up)"
+                )));
+            }
+        }
         // The abort commits first: it is ordered against any Transfer still
         // in flight, and only after it may the source unfence (its
         // `ReleaseSource` lifts the fence too).

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use shardflow_node::command::{Command, MetadataOp, Rejection, ResponseV1};
+use shardflow_node::migration::now_ms;
 use shardflow_workflow::{encode_output, RetryPolicy, Step, StepError};
 
 use super::{key, migration_id, Ctx, MoveVShardInput, Shared};
@@ -55,7 +56,7 @@ impl Step<MoveVShardInput> for Lock {
             from_group,
             to_group: input.to_group,
             driver_epoch: ctx.epoch(),
-            now_ms: shared.api.now_ms(),
+            now_ms: now_ms(),
             lease_ms: input.lease_ms,
             max_concurrent: shared.config.max_concurrent,
         };

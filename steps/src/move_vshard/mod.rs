@@ -26,7 +26,7 @@ use shardflow_node::command::{
 };
 use shardflow_node::data::{VShardMigration, VShardState};
 use shardflow_node::metadata::{MetadataState, MigrationRecord};
-use shardflow_node::migration::{MigrationApi, MigrationError};
+use shardflow_node::migration::{now_ms, MigrationApi, MigrationError};
 use shardflow_workflow::{Engine, Step, StepContext, StepError, Workflow};
 use tokio::time::Instant;
 
@@ -50,6 +50,10 @@ pub struct MoveVShardConfig {
     pub chunk_pairs: u32,
     /// About this many bytes per base-copy chunk.
     pub chunk_bytes: u32,
+    /// The base copy's rate limit, in key and value bytes per second
+    /// (`None`: unlimited). BaseCopy paces its chunks so the average rate
+    /// of an attempt stays at or under it.
+    pub copy_bytes_per_sec: Option<u64>,
     /// Renew the lease every this many chunks.
     pub renew_every_chunks: u64,
     /// Changes fetched per catch-up round.
@@ -64,8 +68,16 @@ pub struct MoveVShardConfig {
     pub delete_batch: u64,
     /// How long one remote call may take.
     pub call_timeout: Duration,
-    /// How long Cleanup waits for the groups to finish the ghost.
+    /// How long one Cleanup attempt waits for the ghost to be gone before
+    /// it fails (retryably) saying what it waited for.
     pub cleanup_wait: Duration,
+    /// The ghost's time to live as the nodes run it
+    /// (`MigrationTimings::ghost_ttl` of the node configuration; the
+    /// registry records when `Transfer` committed, not the TTL). With it,
+    /// Cleanup deletes the ghost itself once the TTL has passed since the
+    /// `Transfer` commit (`CleanupBatch`, `DropGhost`, idempotent with the
+    /// reactors); `None`: Cleanup only waits for the source's reactor.
+    pub ghost_ttl: Option<Duration>,
 }
 
 impl Default for MoveVShardConfig {
@@ -74,6 +86,7 @@ impl Default for MoveVShardConfig {
             max_concurrent: 4,
             chunk_pairs: 512,
             chunk_bytes: 256 * 1024,
+            copy_bytes_per_sec: None,
             renew_every_chunks: 8,
             changes_per_round: 1_000,
             lag_threshold: 64,
@@ -82,12 +95,16 @@ impl Default for MoveVShardConfig {
             delete_batch: 1_000,
             call_timeout: Duration::from_secs(10),
             cleanup_wait: Duration::from_secs(600),
+            ghost_ttl: None,
         }
     }
 }
 
 /// What every step shares: the node's migration service and the tunables.
-#[derive(Clone)]
+///
+/// The service holds the node; the engine (inside the node) holds this
+/// through the registered definition. `Engine::halt`, called by
+/// `Node::shutdown`, drops the definitions, which breaks that cycle.
 pub struct Shared {
     pub api: MigrationApi,
     pub config: MoveVShardConfig,
@@ -223,7 +240,7 @@ impl Shared {
         let renew = MetadataOp::RenewLease {
             migration: migration_id(ctx),
             driver_epoch: ctx.epoch(),
-            now_ms: self.api.now_ms(),
+            now_ms: now_ms(),
             lease_ms: ctx.input().lease_ms,
         };
         // A renewal acts again each time: no key.
@@ -279,7 +296,7 @@ impl Shared {
                 driver_epoch: ctx.epoch(),
             },
             reason: reason.to_string(),
-            now_ms: self.api.now_ms(),
+            now_ms: now_ms(),
         };
         let abort_key = format!("{}/Abort", ctx.workflow_id());
         match self.propose(0, Command::metadata(abort), abort_key).await? {
