@@ -3,100 +3,13 @@
 //! own data directory and check it caught up from its own redb with nothing
 //! lost; then stop all three cleanly, restart them and read everything back.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::Duration;
 
 use shardflow::node::client::{Client, ClientConfig, ClientError};
+use support::{run_cli, sigkill, sigterm, spawn, NodeProcess};
 use tokio::time::Instant;
-
-const BIN: &str = env!("CARGO_BIN_EXE_shardflow");
-
-/// A node process; killed if the test panics.
-struct NodeProcess {
-    id: u64,
-    addr: String,
-    data: PathBuf,
-    child: Option<Child>,
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn spawn(id: u64, listen: &str, data: &Path, certs: &Path) -> NodeProcess {
-    let mut child = Command::new(BIN)
-        .args(["node", "--id", &id.to_string(), "--listen", listen])
-        .arg("--data")
-        .arg(data)
-        .arg("--certs")
-        .arg(certs)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node process starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let prefix = format!("node {id} listening on ");
-    let addr = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|line| line.strip_prefix(&prefix).map(str::to_string))
-        .unwrap_or_else(|| panic!("node {id} did not start"));
-    std::thread::spawn(move || lines.for_each(drop));
-    NodeProcess {
-        id,
-        addr,
-        data: data.to_path_buf(),
-        child: Some(child),
-    }
-}
-
-fn run_cli(args: &[&str]) -> String {
-    let output = Command::new(BIN).args(args).output().expect("cli runs");
-    assert!(
-        output.status.success(),
-        "shardflow {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn sigkill(node: &mut NodeProcess) {
-    let mut child = node.child.take().expect("running");
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reaped");
-}
-
-/// SIGTERM, then wait (bounded) for the clean exit.
-fn sigterm(node: &mut NodeProcess) {
-    let mut child = node.child.take().expect("running");
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(exit) = child.try_wait().expect("try_wait") {
-            assert!(exit.success(), "node {} exited with {exit}", node.id);
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node {} did not stop",
-            node.id
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn key(i: u32) -> Vec<u8> {
     format!("user-{i:06}").into_bytes()

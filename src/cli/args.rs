@@ -63,6 +63,13 @@ pub enum Command {
     /// Example: shardflow workflow list --cluster 127.0.0.1:7001 --certs ./certs
     #[command(subcommand)]
     Workflow(WorkflowCommand),
+    /// Start a migration: move a vShard to another group, or a group's
+    /// replica to another node. Prints the workflow id; with --wait, shows
+    /// its progress and exits 0 only if it completes.
+    ///
+    /// Example: shardflow migrate vshard 17 --to-group 2 --wait --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(subcommand)]
+    Migrate(MigrateCommand),
     /// Audit a stopped node's workflow journal (no cluster needed).
     ///
     /// Example: shardflow journal verify --data /var/lib/shardflow/n1
@@ -84,6 +91,20 @@ pub struct NodeArgs {
     /// Certificate directory (ca.pem, node-ID.pem, node-ID.key).
     #[arg(long, env = "SHARDFLOW_CERTS")]
     pub certs: PathBuf,
+    /// Live vShard migrations allowed at once; a submission beyond it is refused.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_migrations: u32,
+    /// Base-copy rate limit of the migrations this node drives, in bytes per
+    /// second (default: unlimited).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub copy_rate: Option<u64>,
+    /// Write-pause budget of a `migrate vshard` that names none, in ms.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub pause_budget_ms: u64,
+    /// How long the source keeps a moved vShard's copy (forwarding stale
+    /// requests) before deleting it, in ms.
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    pub ghost_ttl_ms: u64,
 }
 
 /// Where the cluster is and how to authenticate to it.
@@ -327,4 +348,71 @@ pub enum WorkflowCommand {
         #[command(flatten)]
         cluster: ClusterArgs,
     },
+}
+
+#[derive(Subcommand)]
+pub enum MigrateCommand {
+    /// Move vShard V to group G (MoveVShard): base copy, catch-up, a fenced
+    /// cut-over within the write-pause budget, then cleanup of the source.
+    ///
+    /// Refused, changing nothing: a vShard outside 0..1024, an unknown
+    /// group, the group that owns it, a vShard already migrating, a cluster
+    /// at its limit of concurrent migrations.
+    ///
+    /// Example: shardflow migrate vshard 17 --to-group 2 --pause-budget-ms 500 --wait --cluster 127.0.0.1:7001 --certs ./certs
+    Vshard {
+        /// The vShard (0..1024); `shardflow vshard-of KEY` names a key's.
+        vshard: u64,
+        /// The group to move it to.
+        #[arg(long)]
+        to_group: u64,
+        /// The longest write pause allowed at cut-over, in ms (default: the
+        /// node's --pause-budget-ms).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+        pause_budget_ms: Option<u64>,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move group G's replica from node N to node M (MoveReplica): M joins
+    /// as a learner, catches up, is promoted while N leaves, and the
+    /// metadata records the new members.
+    ///
+    /// Refused, changing nothing: an unknown group or node, N without a
+    /// replica of G, M with one.
+    ///
+    /// Example: shardflow migrate replica --group 1 --from 3 --to 4 --wait --cluster 127.0.0.1:7001 --certs ./certs
+    Replica {
+        /// The group.
+        #[arg(long)]
+        group: u64,
+        /// The node that gives its replica up.
+        #[arg(long)]
+        from: u64,
+        /// The node that receives it (registered with `cluster add-node`).
+        #[arg(long)]
+        to: u64,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Whether to follow a submitted migration to its end.
+#[derive(Args)]
+pub struct WaitArgs {
+    /// Follow the migration with a progress bar; exit 0 only if it completes.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: stop following (exit 1) after this many seconds.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub max_wait_secs: u64,
 }

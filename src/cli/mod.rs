@@ -1,13 +1,15 @@
 //! The commands behind `shardflow`: each takes its parsed arguments and
 //! returns what to print ([`Output`]) or a [`CliError`], which `main` prints
 //! as one line. Table formatting lives in `table`, the merged cluster view in
-//! `status`, argument values in `parse`, workflow operations in `workflow`.
+//! `status`, argument values in `parse`, workflow operations in `workflow`,
+//! migration submission and its progress bar in `migrate`.
 
 pub mod args;
 mod certs;
 mod cluster;
 mod journal;
 mod kv;
+mod migrate;
 mod node;
 mod parse;
 mod status;
@@ -83,6 +85,7 @@ pub fn run(command: Command) -> Result<Output, CliError> {
         Command::VshardOf { key, json } => kv::vshard_of(&key, json),
         Command::Journal(command) => journal::run(command),
         Command::Workflow(command) => workflow::run(command),
+        Command::Migrate(command) => migrate::run(command),
     }
 }
 

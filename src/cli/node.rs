@@ -1,14 +1,17 @@
 //! `shardflow node`: runs one node until SIGTERM or SIGINT (ctrl-c), then
 //! shuts it down cleanly.
 //!
-//! Prints exactly one line on stdout, `node N listening on ADDR`, once the
+//! Installs the migration workflows (`steps::launcher`) before resuming
+//! the journal. Prints exactly one line on stdout, `node N listening on ADDR`, once the
 //! node serves and has resumed every unfinished workflow of its journal
 //! (scripts and tests wait for it); logs go to stderr through tracing,
 //! filtered by `RUST_LOG` (default `info`).
 
 use tokio::signal::unix::{signal, SignalKind};
 
-use shardflow::node::server::{Node, NodeConfig};
+use std::time::Duration;
+
+use shardflow::node::server::{MigrationLimits, Node, NodeConfig};
 
 use super::args::NodeArgs;
 use super::{parse, runtime, CliError, Output};
@@ -25,7 +28,13 @@ pub fn run(args: NodeArgs) -> Result<Output, CliError> {
         what: "create the data directory",
         source,
     })?;
-    let config = NodeConfig::new(args.id, listen, args.data, args.certs);
+    let mut config = NodeConfig::new(args.id, listen, args.data, args.certs);
+    config.limits = MigrationLimits {
+        max_concurrent: args.max_migrations,
+        copy_bytes_per_sec: args.copy_rate,
+        default_pause_budget_ms: args.pause_budget_ms,
+    };
+    config.migration.ghost_ttl = Duration::from_millis(args.ghost_ttl_ms);
     runtime()?.block_on(serve(config))
 }
 
@@ -38,6 +47,8 @@ async fn serve(config: NodeConfig) -> Result<Output, CliError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let node = Node::start(config).await?;
+    // The migration workflows, before the journal's unfinished ones resume.
+    shardflow::steps::launcher::install(&node);
     // Ready only once every unfinished workflow is driven again (DESIGN §2).
     if let Err(error) = node.resume_workflows().await {
         node.shutdown().await;
