@@ -386,11 +386,19 @@ async fn lagging_replica_catches_up_from_a_streamed_snapshot() {
         .borrow()
         .last_applied
         .map_or(0, |l| l.index);
-    let purged = leader.metrics().borrow().purged.map_or(0, |l| l.index);
-    assert!(
-        purged > left_at,
-        "the leader purged past node 3's log ({purged} <= {left_at})"
-    );
+    // The snapshot is built, then the log purged, after `trigger` returns.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let purged = leader.metrics().borrow().purged.map_or(0, |l| l.index);
+        if purged > left_at {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader never purged past node 3's log ({purged} <= {left_at})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let restarted = start_node(cluster._dir.path(), 3, addr, &timings).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
