@@ -3,9 +3,11 @@
 //! This facade re-exports the layers (`workflow`, `store`, `node`, `steps`)
 //! and holds what a user or operator touches directly: the journal audit
 //! ([`audit::replay`], [`audit::verify`]) that works on a stopped node's
-//! data directory.
+//! data directory, and [`embedded::EmbeddedCluster`], a whole cluster inside
+//! one process.
 
 pub mod audit;
+pub mod embedded;
 
 pub use shardflow_node as node;
 pub use shardflow_steps as steps;
