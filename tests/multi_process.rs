@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use shardflow::node::client::{Client, ClientConfig, ClientError};
-use support::{run_cli, sigkill, sigterm, spawn, NodeProcess};
+use support::{run_cli, sigkill, sigterm, spawn, start_cluster, NodeProcess};
 use tokio::time::Instant;
 
 fn key(i: u32) -> Vec<u8> {
@@ -73,37 +73,8 @@ async fn wait_caught_up(client: &Client, node: &NodeProcess, targets: &[(u64, u6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_survive_sigkill_and_full_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let certs = dir.path().join("certs");
+    let (certs, mut nodes) = start_cluster(dir.path(), "1,2,3", 3, 2, &[]);
     let certs_arg = certs.to_str().expect("utf-8");
-    run_cli(&["cluster", "certs", "--out", certs_arg, "--nodes", "1,2,3"]);
-    let mut nodes: Vec<NodeProcess> = (1..=3)
-        .map(|id| {
-            spawn(
-                id,
-                "127.0.0.1:0",
-                &dir.path().join(format!("n{id}")),
-                &certs,
-            )
-        })
-        .collect();
-    let node_args: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("{}={}", n.id, n.addr))
-        .collect();
-    let mut bootstrap = vec![
-        "cluster",
-        "bootstrap",
-        "--groups",
-        "2",
-        "--replicas",
-        "3",
-        "--certs",
-        certs_arg,
-    ];
-    for arg in &node_args {
-        bootstrap.extend(["--node", arg]);
-    }
-    run_cli(&bootstrap);
 
     let seeds: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
     let client = Client::from_certs_dir(&certs, ClientConfig::new(seeds.clone())).expect("client");
