@@ -7,6 +7,8 @@
 //! one process.
 
 pub mod audit;
+pub mod bench;
+pub mod demo;
 pub mod embedded;
 
 pub use shardflow_node as node;

@@ -15,12 +15,19 @@ use shardflow::workflow::WorkflowId;
     name = "shardflow",
     version,
     about = "Durable, journaled data migrations inside a live multi-Raft cluster",
-    after_help = "Example: a local 3-node cluster\n  \
+    after_help = "Example: the whole story in one process, verified\n  \
+        shardflow demo\n\
+        Example: a local 3-node cluster\n  \
         shardflow cluster certs --out certs --nodes 1,2,3\n  \
         shardflow node --id 1 --listen 127.0.0.1:7001 --data n1 --certs certs   (and nodes 2, 3)\n  \
         shardflow cluster bootstrap --node 1=127.0.0.1:7001 --node 2=127.0.0.1:7002 \
         --node 3=127.0.0.1:7003 --groups 3 --replicas 3 --certs certs\n  \
-        shardflow kv put hello world --cluster 127.0.0.1:7001 --certs certs"
+        shardflow kv put hello world --cluster 127.0.0.1:7001 --certs certs\n\n\
+        Environment: SHARDFLOW_CLUSTER (--cluster), SHARDFLOW_CERTS (--certs), \
+        RUST_LOG (log filter; logs go to stderr)\n\
+        Exit codes: 0 success; 1 the operation failed (a bad value, refused, \
+        unavailable, not found, not completed, not verified), with one line \
+        `error: ...` on stderr; 2 the command line is malformed"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -36,6 +43,7 @@ pub enum Command {
     /// rejoins with its data.
     ///
     /// Example: shardflow node --id 1 --listen 127.0.0.1:7001 --data /var/lib/shardflow/n1 --certs ./certs
+    ///   (or: shardflow node --config /etc/shardflow/node.toml)
     Node(NodeArgs),
     /// Cluster administration: certificates, bootstrap, membership, status.
     ///
@@ -75,36 +83,118 @@ pub enum Command {
     /// Example: shardflow journal verify --data /var/lib/shardflow/n1
     #[command(subcommand)]
     Journal(JournalCommand),
+    /// Run the whole story in one process and verify it: a 3-node cluster
+    /// (real QUIC and redb) with 4 data groups, 100,000 keys loaded, a
+    /// vShard moved under live writes while the node driving it is stopped
+    /// and restarted in CatchUp, a replica moved to a 4th node, then the
+    /// audit timelines and a verification summary (acknowledged writes,
+    /// keys lost, duplicates, owners per vShard, write pause).
+    ///
+    /// Exits 0 only if everything verified; the last line starts with
+    /// `verified:`. Takes about a minute in a release build.
+    ///
+    /// Example: cargo run --release -- demo   (or: shardflow demo --keys 20000 --data ./demo-data)
+    Demo(DemoArgs),
+    /// Measure this machine's limits and a 3-node loopback cluster against them.
+    ///
+    /// In one run, on a cluster it starts in this process: write latency
+    /// and throughput, raw QUIC and bare redb rates, vShard migrations
+    /// under load (the write pause a client sees, the copy rate,
+    /// foreground throughput), the engine's step overhead and replay rate,
+    /// and a driver restart; the ratios against the targets. Progress on
+    /// stderr. Build with --release; a default run takes a few minutes.
+    ///
+    /// Example: shardflow bench --json --keys 10000 --value-bytes 1000
+    Bench(BenchArgs),
+}
+
+/// What `shardflow bench` measures with.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Print the fifteen figures as one JSON object instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Keys in the vShard that moves (and in the bare redb ingest).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub keys: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub value_bytes: u64,
+    /// Migrations under live writes (the write-pause and copy figures);
+    /// a fifth as many (1 to 4) run under the concurrent writers.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1_000))]
+    pub migrations: u64,
+    /// Sequential single writes timed; the concurrent run makes 16 times
+    /// as many.
+    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub writes: u64,
+    /// Concurrent writers (throughput and foreground load).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_024))]
+    pub writers: u64,
+    /// Journal events folded for the replay rate.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(4..=100_000_000))]
+    pub replay_events: u64,
+    /// Limit the base copy to this many bytes per second on every node, as
+    /// `shardflow node --copy-rate` does (default: unlimited).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub copy_rate: Option<u64>,
+    /// Where to put the cluster's files (a fresh directory inside it,
+    /// removed at the end; default: the system's temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Where the nodes keep their data (created; must be empty). Kept
+    /// afterwards, for `shardflow journal replay`. Default: a temporary
+    /// directory, deleted at the end.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Keys to load before the migrations.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub keys: u64,
+    /// Print the report as JSON (the narrative goes to stderr).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]
 pub struct NodeArgs {
+    /// Read the settings from this TOML file; its keys are the flags'
+    /// names (`id`, `listen`, `data`, `certs`, `max-migrations`,
+    /// `copy-rate`, `pause-budget-ms`, `ghost-ttl-ms`). Flags given here
+    /// override its values; an unknown key is an error.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// This node's id (its certificate is node-ID.pem in --certs).
-    #[arg(long)]
-    pub id: u64,
+    #[arg(long, required_unless_present = "config")]
+    pub id: Option<u64>,
     /// Address to listen on (UDP), HOST:PORT.
-    #[arg(long)]
-    pub listen: String,
+    #[arg(long, required_unless_present = "config")]
+    pub listen: Option<String>,
     /// Data directory (Raft logs, state machines, journal); created if missing.
-    #[arg(long)]
-    pub data: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    pub data: Option<PathBuf>,
     /// Certificate directory (ca.pem, node-ID.pem, node-ID.key).
-    #[arg(long, env = "SHARDFLOW_CERTS")]
-    pub certs: PathBuf,
-    /// Live vShard migrations allowed at once; a submission beyond it is refused.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub max_migrations: u32,
+    #[arg(long, env = "SHARDFLOW_CERTS", required_unless_present = "config")]
+    pub certs: Option<PathBuf>,
+    /// Live vShard migrations allowed at once; a submission beyond it is
+    /// refused [default: 4].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_migrations: Option<u32>,
     /// Base-copy rate limit of the migrations this node drives, in bytes per
-    /// second (default: unlimited).
+    /// second [default: unlimited].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub copy_rate: Option<u64>,
-    /// Write-pause budget of a `migrate vshard` that names none, in ms.
-    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
-    pub pause_budget_ms: u64,
+    /// Write-pause budget of a `migrate vshard` that names none, in ms
+    /// [default: 2000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub pause_budget_ms: Option<u64>,
     /// How long the source keeps a moved vShard's copy (forwarding stale
-    /// requests) before deleting it, in ms.
-    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
-    pub ghost_ttl_ms: u64,
+    /// requests) before deleting it, in ms [default: 60000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    pub ghost_ttl_ms: Option<u64>,
 }
 
 /// Where the cluster is and how to authenticate to it.
@@ -138,6 +228,9 @@ pub enum ClusterCommand {
         /// Node ids, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         nodes: Vec<u64>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Create the metadata group and the data groups, then wait until ready.
     ///
@@ -161,6 +254,9 @@ pub enum ClusterCommand {
         /// Give up if the cluster is not ready after this many seconds.
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
         timeout_secs: u64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Register a node started after the bootstrap, so replicas can move to it.
     ///
@@ -170,6 +266,9 @@ pub enum ClusterCommand {
         node: String,
         #[command(flatten)]
         cluster: ClusterArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Forget a node; refused while it still holds a replica.
     ///
@@ -179,6 +278,9 @@ pub enum ClusterCommand {
         id: u64,
         #[command(flatten)]
         cluster: ClusterArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Show nodes, groups (leader, members, vShards, epochs), merged from every node's view.
     ///
@@ -202,6 +304,9 @@ pub enum KvCommand {
         value: String,
         #[command(flatten)]
         cluster: ClusterArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the value of KEY (linearizable read); exit 1 if it is absent.
     ///
@@ -221,6 +326,9 @@ pub enum KvCommand {
         key: String,
         #[command(flatten)]
         cluster: ClusterArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Print every key and value, of one vShard or of all; or only count them.
     ///
@@ -415,4 +523,69 @@ pub struct WaitArgs {
     /// With --wait: stop following (exit 1) after this many seconds.
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub max_wait_secs: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every command and subcommand, as its path of names.
+    fn every_command(command: &clap::Command, path: Vec<String>, out: &mut Vec<Vec<String>>) {
+        out.push(path.clone());
+        for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+            let mut next = path.clone();
+            next.push(sub.get_name().to_string());
+            every_command(sub, next, out);
+        }
+    }
+
+    // Proves every command's --help says what it does and gives an example
+    // that starts with `shardflow` (or `cargo run`), so none is forgotten.
+    #[test]
+    fn every_help_has_an_example() {
+        let mut root = Cli::command();
+        root.build();
+        let mut paths = Vec::new();
+        every_command(&root, Vec::new(), &mut paths);
+        assert!(paths.len() > 20, "{paths:?}");
+        let mut missing = Vec::new();
+        for path in paths {
+            let mut command = &mut root;
+            for name in &path {
+                command = command
+                    .find_subcommand_mut(name)
+                    .unwrap_or_else(|| panic!("{name} in {path:?}"));
+            }
+            let about = command.get_about().map(ToString::to_string);
+            assert!(
+                about.is_some_and(|a| !a.is_empty()),
+                "{path:?} says nothing"
+            );
+            let help = command.render_long_help().to_string();
+            // The example: the rest of the `Example:` line, or the next line.
+            let example = help.split_once("Example").map(|(_, rest)| {
+                let mut lines = rest.lines();
+                let first = lines.next().unwrap_or_default();
+                let first = first.trim_start_matches([':', ' ']).trim_start();
+                let text = match first.is_empty() || !first.contains("shardflow") {
+                    true => lines.next().unwrap_or_default().trim_start(),
+                    false => first,
+                };
+                text.to_string()
+            });
+            if !example.is_some_and(|e| e.starts_with("shardflow ") || e.starts_with("cargo run")) {
+                missing.push(path.join(" "));
+            }
+        }
+        assert!(missing.is_empty(), "--help without an example: {missing:?}");
+    }
+
+    // Proves the top-level help documents the exit codes.
+    #[test]
+    fn exit_codes_are_documented() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("Exit codes: 0 success; 1 "), "{help}");
+        assert!(help.contains("2 the command line is malformed"), "{help}");
+    }
 }

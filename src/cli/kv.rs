@@ -18,18 +18,27 @@ pub fn vshard_of(key: &str, json: bool) -> Result<Output, CliError> {
     Ok(Output::Text(vshard.to_string()))
 }
 
-pub fn put(key: &str, value: &str, args: &ClusterArgs) -> Result<Output, CliError> {
+/// Writes `value` under `key`; prints `ok` once acknowledged.
+pub fn put(key: &str, value: &str, args: &ClusterArgs, json: bool) -> Result<Output, CliError> {
     with_client(args, |client| async move {
         client.put(key.as_bytes(), value.as_bytes()).await?;
-        Ok(Output::Text("ok".to_string()))
+        Ok(done(key, "put", json))
     })
 }
 
-pub fn delete(key: &str, args: &ClusterArgs) -> Result<Output, CliError> {
+/// Deletes `key`; prints `ok` once acknowledged.
+pub fn delete(key: &str, args: &ClusterArgs, json: bool) -> Result<Output, CliError> {
     with_client(args, |client| async move {
         client.delete(key.as_bytes()).await?;
-        Ok(Output::Text("ok".to_string()))
+        Ok(done(key, "delete", json))
     })
+}
+
+fn done(key: &str, op: &str, json: bool) -> Output {
+    match json {
+        true => Output::Json(json!({ "key": key, "op": op, "ok": true })),
+        false => Output::Text("ok".to_string()),
+    }
 }
 
 /// Prints the value; an absent key is an error (exit 1).

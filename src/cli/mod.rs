@@ -5,8 +5,11 @@
 //! migration submission and its progress bar in `migrate`.
 
 pub mod args;
+mod bench;
 mod certs;
 mod cluster;
+mod config;
+mod demo;
 mod journal;
 mod kv;
 mod migrate;
@@ -52,6 +55,13 @@ pub enum CliError {
     Node(#[from] NodeError),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    #[error("bench: {0}")]
+    Bench(#[from] shardflow::bench::BenchError),
+    #[error(transparent)]
+    Demo(#[from] shardflow::demo::DemoError),
+    /// `shardflow demo` ran, and a check failed.
+    #[error("the demo did not verify: {0}")]
+    NotVerified(String),
     /// A bad argument value (malformed address, vShard out of range...).
     #[error("{0}")]
     Input(String),
@@ -86,21 +96,36 @@ pub fn run(command: Command) -> Result<Output, CliError> {
         Command::Journal(command) => journal::run(command),
         Command::Workflow(command) => workflow::run(command),
         Command::Migrate(command) => migrate::run(command),
+        Command::Demo(args) => demo::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 
 fn run_cluster(command: ClusterCommand) -> Result<Output, CliError> {
     match command {
-        ClusterCommand::Certs { out, nodes } => certs::run(&out, &nodes),
+        ClusterCommand::Certs { out, nodes, json } => certs::run(&out, &nodes, json),
         ClusterCommand::Bootstrap {
             nodes,
             groups,
             replicas,
             certs,
             timeout_secs,
-        } => cluster::bootstrap(&nodes, groups, replicas, &certs, timeout_secs),
-        ClusterCommand::AddNode { node, cluster } => cluster::add_node(&node, &cluster),
-        ClusterCommand::RemoveNode { id, cluster } => cluster::remove_node(id, &cluster),
+            json,
+        } => cluster::bootstrap(
+            &nodes,
+            cluster::Layout { groups, replicas },
+            &certs,
+            timeout_secs,
+            json,
+        ),
+        ClusterCommand::AddNode {
+            node,
+            cluster,
+            json,
+        } => cluster::add_node(&node, &cluster, json),
+        ClusterCommand::RemoveNode { id, cluster, json } => {
+            cluster::remove_node(id, &cluster, json)
+        }
         ClusterCommand::Status { cluster, json } => cluster::status(&cluster, json),
     }
 }
@@ -111,9 +136,10 @@ fn run_kv(command: KvCommand) -> Result<Output, CliError> {
             key,
             value,
             cluster,
-        } => kv::put(&key, &value, &cluster),
+            json,
+        } => kv::put(&key, &value, &cluster, json),
         KvCommand::Get { key, cluster, json } => kv::get(&key, &cluster, json),
-        KvCommand::Delete { key, cluster } => kv::delete(&key, &cluster),
+        KvCommand::Delete { key, cluster, json } => kv::delete(&key, &cluster, json),
         KvCommand::Scan {
             vshard,
             count,

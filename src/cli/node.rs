@@ -6,6 +6,9 @@
 //! node serves and has resumed every unfinished workflow of its journal
 //! (scripts and tests wait for it); logs go to stderr through tracing,
 //! filtered by `RUST_LOG` (default `info`).
+//!
+//! Settings come from the flags, then `--config FILE` (see `config`), then
+//! the defaults.
 
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -14,27 +17,29 @@ use std::time::Duration;
 use shardflow::node::server::{MigrationLimits, Node, NodeConfig};
 
 use super::args::NodeArgs;
-use super::{parse, runtime, CliError, Output};
+use super::{config, parse, runtime, CliError, Output};
 
 pub fn run(args: NodeArgs) -> Result<Output, CliError> {
-    let listen = parse::listen_addr(&args.listen)?;
-    if !args.certs.is_dir() {
+    shardflow::steps::failpoint::setup_from_env(); // FAILPOINTS, SHARDFLOW_FAILPOINTS (test builds)
+    let settings = config::resolve(args)?;
+    let listen = parse::listen_addr(&settings.listen)?;
+    if !settings.certs.is_dir() {
         return Err(CliError::Input(format!(
             "certificate directory {} does not exist (create it with `shardflow cluster certs`)",
-            args.certs.display()
+            settings.certs.display()
         )));
     }
-    std::fs::create_dir_all(&args.data).map_err(|source| CliError::Io {
+    std::fs::create_dir_all(&settings.data).map_err(|source| CliError::Io {
         what: "create the data directory",
         source,
     })?;
-    let mut config = NodeConfig::new(args.id, listen, args.data, args.certs);
+    let mut config = NodeConfig::new(settings.id, listen, settings.data, settings.certs);
     config.limits = MigrationLimits {
-        max_concurrent: args.max_migrations,
-        copy_bytes_per_sec: args.copy_rate,
-        default_pause_budget_ms: args.pause_budget_ms,
+        max_concurrent: settings.max_migrations,
+        copy_bytes_per_sec: settings.copy_rate,
+        default_pause_budget_ms: settings.pause_budget_ms,
     };
-    config.migration.ghost_ttl = Duration::from_millis(args.ghost_ttl_ms);
+    config.migration.ghost_ttl = Duration::from_millis(settings.ghost_ttl_ms);
     runtime()?.block_on(serve(config))
 }
 

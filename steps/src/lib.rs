@@ -3,6 +3,7 @@
 //! them into a node; and the progress figures read from their state. The
 //! protocol model that checks MoveVShard lives in `tests/`.
 
+pub mod failpoint;
 pub mod launcher;
 pub mod move_replica;
 pub mod move_vshard;

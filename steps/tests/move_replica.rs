@@ -10,7 +10,11 @@ mod support;
 
 use support::*;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+// The UDP relay of the network fault tests.
+#[path = "faults/relay.rs"]
+mod relay;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,7 +29,6 @@ use shardflow_node::vshard::vshard_of;
 use shardflow_steps::move_replica::{register_with, MoveReplicaConfig};
 use shardflow_steps::{MoveReplica, MoveReplicaInput};
 use shardflow_workflow::{replay, Event, Phase, WorkflowId, WorkflowStatus};
-use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
 const GROUP: u64 = 1;
@@ -427,49 +430,13 @@ async fn refuses_a_target_that_is_already_a_member() {
 }
 
 /// A UDP relay in front of `target` that passes only datagrams from
-/// `allowed` (each through its own socket, so replies find their way
-/// back) and drops everything else. Advertised as node 4's address, it lets
-/// the driver reach node 4 while the group's leader cannot replicate to it.
-async fn udp_gate(
-    target: SocketAddr,
-    allowed: SocketAddr,
-) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
-    let addr = front.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        let mut relays: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
-        // Aborting the gate drops this set, which aborts the reply relays.
-        let mut replies = tokio::task::JoinSet::new();
-        let mut buf = vec![0u8; 65_536];
-        loop {
-            let Ok((len, from)) = front.recv_from(&mut buf).await else {
-                continue;
-            };
-            if from != allowed {
-                continue;
-            }
-            let relay = match relays.get(&from) {
-                Some(relay) => Arc::clone(relay),
-                None => {
-                    let relay = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
-                    relay.connect(target).await.expect("connect");
-                    let (back, front) = (Arc::clone(&relay), Arc::clone(&front));
-                    replies.spawn(async move {
-                        let mut buf = vec![0u8; 65_536];
-                        loop {
-                            if let Ok(len) = back.recv(&mut buf).await {
-                                let _ = front.send_to(&buf[..len], from).await;
-                            }
-                        }
-                    });
-                    relays.insert(from, Arc::clone(&relay));
-                    relay
-                }
-            };
-            let _ = relay.send(&buf[..len]).await;
-        }
-    });
-    (addr, task)
+/// `allowed` (and the replies to it) and drops everything else
+/// (`faults/relay.rs`). Advertised as node 4's address, it lets the driver
+/// reach node 4 while the group's leader cannot replicate to it.
+async fn udp_gate(target: SocketAddr, allowed: SocketAddr) -> (SocketAddr, relay::Relay) {
+    let gate = relay::Relay::start(target).await.expect("relay");
+    gate.pass_only([allowed]);
+    (gate.addr(), gate)
 }
 
 // Proves a cancel during CatchUp compensates: node 4 is reachable by the

@@ -169,3 +169,189 @@ pub fn start_cluster(
     run_cli(&bootstrap);
     (certs, nodes)
 }
+
+// ---------------------------------------------------------------------------
+// Added for the crash matrix and the soak (tests/crash/): nodes started with
+// an environment (failpoints) and their stderr kept in a file, processes
+// that may die on their own (a failpoint's `abort`).
+
+/// How [`spawn_opts`] starts a node beyond [`spawn_with`].
+#[derive(Clone, Debug, Default)]
+pub struct SpawnOpts {
+    /// Extra environment variables (e.g. `SHARDFLOW_FAILPOINTS`).
+    pub env: Vec<(String, String)>,
+    /// Append the node's stderr (its logs, `RUST_LOG=warn`) to this file.
+    pub stderr_log: Option<PathBuf>,
+}
+
+/// Like [`spawn_with`], with an environment and a stderr log file.
+pub fn spawn_opts(
+    id: u64,
+    listen: &str,
+    data: &Path,
+    certs: &Path,
+    flags: &[String],
+    opts: &SpawnOpts,
+) -> NodeProcess {
+    let stderr = match &opts.stderr_log {
+        Some(path) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("stderr log opens"),
+        ),
+        None => Stdio::null(),
+    };
+    let mut child = Command::new(BIN)
+        .args(["node", "--id", &id.to_string(), "--listen", listen])
+        .arg("--data")
+        .arg(data)
+        .arg("--certs")
+        .arg(certs)
+        .args(flags)
+        .env("RUST_LOG", "warn")
+        .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("node process starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let prefix = format!("node {id} listening on ");
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| line.strip_prefix(&prefix).map(str::to_string))
+        .unwrap_or_else(|| panic!("node {id} did not start"));
+    std::thread::spawn(move || lines.for_each(drop));
+    NodeProcess {
+        id,
+        addr,
+        data: data.to_path_buf(),
+        flags: flags.to_vec(),
+        child: Some(child),
+    }
+}
+
+impl NodeProcess {
+    /// Whether the process runs (not killed, not exited on its own).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().expect("try_wait").is_none(),
+            None => false,
+        }
+    }
+
+    /// Waits (bounded) for the process to exit on its own and reaps it;
+    /// `None` if it still runs at the deadline.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Like [`NodeProcess::restart`], with [`SpawnOpts`] (the environment
+    /// is not inherited from the first start).
+    pub fn restart_opts(&mut self, certs: &Path, opts: &SpawnOpts) {
+        assert!(self.child.is_none(), "node {} still runs", self.id);
+        let again = spawn_opts(self.id, &self.addr, &self.data, certs, &self.flags, opts);
+        *self = again;
+    }
+}
+
+/// Like [`start_cluster`], each node started with `opts(id)`.
+pub fn start_cluster_opts(
+    dir: &Path,
+    ids: &str,
+    count: u64,
+    groups: u64,
+    flags: &[String],
+    opts: impl Fn(u64) -> SpawnOpts,
+) -> (PathBuf, Vec<NodeProcess>) {
+    let certs = dir.join("certs");
+    let certs_arg = certs.to_str().expect("utf-8");
+    run_cli(&["cluster", "certs", "--out", certs_arg, "--nodes", ids]);
+    let nodes: Vec<NodeProcess> = (1..=count)
+        .map(|id| {
+            let data = dir.join(format!("n{id}"));
+            spawn_opts(id, "127.0.0.1:0", &data, &certs, flags, &opts(id))
+        })
+        .collect();
+    let node_args: Vec<String> = nodes
+        .iter()
+        .take(3)
+        .map(|n| format!("{}={}", n.id, n.addr))
+        .collect();
+    let groups = groups.to_string();
+    let mut bootstrap = vec![
+        "cluster",
+        "bootstrap",
+        "--groups",
+        &groups,
+        "--replicas",
+        "3",
+        "--certs",
+        certs_arg,
+    ];
+    for arg in &node_args {
+        bootstrap.extend(["--node", arg]);
+    }
+    run_cli(&bootstrap);
+    (certs, nodes)
+}
+
+// ---------------------------------------------------------------------------
+// Added for the README walkthrough (tests/readme_commands.rs): a node started
+// from exactly the arguments given (e.g. `--config FILE`), and the CLI run
+// with an environment.
+
+/// Starts `shardflow node ARGS` (e.g. `--config FILE`) and waits for node
+/// `id`'s listening line. `data` is recorded, and `args` kept as its flags,
+/// so [`NodeProcess::restart`] starts it again with them (its address and
+/// data given as flags, which override the file's).
+pub fn spawn_node_args(id: u64, args: &[String], data: &Path) -> NodeProcess {
+    let mut child = Command::new(BIN)
+        .arg("node")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("SHARDFLOW_CERTS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("node process starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let prefix = format!("node {id} listening on ");
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| line.strip_prefix(&prefix).map(str::to_string))
+        .unwrap_or_else(|| panic!("node {id} did not start with {args:?}"));
+    std::thread::spawn(move || lines.for_each(drop));
+    NodeProcess {
+        id,
+        addr,
+        data: data.to_path_buf(),
+        flags: args.to_vec(),
+        child: Some(child),
+    }
+}
+
+/// Runs the CLI with extra environment variables and returns whatever it did.
+pub fn cli_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("cli runs")
+}

@@ -96,7 +96,8 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
     let version = leading_varint(bytes)?;
     if version > u64::from(ENVELOPE_VERSION) - 1 {
         return Err(CodecError::UnsupportedVersion {
-            found: version + 1,
+            // A varint of up to 10 bytes reaches u64::MAX: never overflow.
+            found: version.saturating_add(1),
             supported: ENVELOPE_VERSION,
         });
     }

@@ -22,6 +22,7 @@ pub mod engine;
 pub mod envelope;
 pub mod error;
 pub mod event;
+mod failpoint;
 pub mod id;
 pub mod journal;
 pub mod memory;

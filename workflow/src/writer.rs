@@ -20,6 +20,7 @@ use tokio::sync::{broadcast, watch};
 use crate::envelope::{genesis_hash, Envelope, EnvelopeV1, Hash, SealedEvent, ENGINE_VERSION};
 use crate::error::EngineError;
 use crate::event::Event;
+use crate::failpoint::failpoint;
 use crate::id::WorkflowId;
 use crate::journal::{Journal, JournalError};
 use crate::state::WorkflowState;
@@ -108,7 +109,15 @@ impl InstanceWriter {
         writer.stage(vec![Event::DriverStarted { epoch: 1 }])?;
         let mut sealed = writer.seal();
         sealed.insert(0, first);
+        failpoint!(
+            "workflow.append.before",
+            events = sealed.iter().map(|e| e.envelope.body())
+        );
         writer.journal.append(id, 0, sealed.clone()).await?;
+        failpoint!(
+            "workflow.append.after",
+            events = sealed.iter().map(|e| e.envelope.body())
+        );
         writer.durable_next_seq = 0;
         writer.commit(sealed);
         Ok(writer)
@@ -169,6 +178,10 @@ impl InstanceWriter {
             return Ok(());
         }
         let mut rebases = 0;
+        failpoint!(
+            "workflow.append.before",
+            events = self.pending.iter().map(|(e, _)| e)
+        );
         loop {
             let sealed = self.seal();
             let id = self.state.id;
@@ -178,6 +191,10 @@ impl InstanceWriter {
                 .await
             {
                 Ok(()) => {
+                    failpoint!(
+                        "workflow.append.after",
+                        events = self.pending.iter().map(|(e, _)| e)
+                    );
                     self.commit(sealed);
                     return Ok(());
                 }

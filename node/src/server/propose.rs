@@ -71,6 +71,21 @@ impl WithReason for ProposeError {
     }
 }
 
+/// One hop, given up at `deadline` as an unreachable leader: a peer that
+/// does not answer would otherwise hold the caller for the transport's own
+/// call timeout, and a local leader that lost its quorum for as long as it
+/// believes it leads (its `client_write` waits for a commit).
+async fn bounded(
+    deadline: Instant,
+    hop: impl std::future::Future<Output = Result<Response, ProposeError>>,
+) -> Result<Response, ProposeError> {
+    match tokio::time::timeout_at(deadline, hop).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(ProposeError::NotLeader { leader: None }
+            .with_reason("no answer before the deadline".to_string())),
+    }
+}
+
 /// Proposes `command` to `group` wherever its leader is, until `deadline`.
 pub(crate) async fn anywhere(
     node: &NodeInner,
@@ -86,7 +101,7 @@ pub(crate) async fn anywhere(
             break;
         }
         let outcome = match (&target, node.groups.get(group).is_some()) {
-            (None, true) => local(node, group, command.clone()).await,
+            (None, true) => bounded(deadline, local(node, group, command.clone())).await,
             (None, false) => {
                 let members: Vec<u64> = node
                     .metadata()
@@ -101,11 +116,11 @@ pub(crate) async fn anywhere(
                 };
                 member_turn += 1;
                 match node.node_addr(member) {
-                    Some(addr) => remote(node, &addr, group, &command).await,
+                    Some(addr) => bounded(deadline, remote(node, &addr, group, &command)).await,
                     None => Err(ProposeError::UnknownGroup { group }),
                 }
             }
-            (Some(addr), _) => remote(node, addr, group, &command).await,
+            (Some(addr), _) => bounded(deadline, remote(node, addr, group, &command)).await,
         };
         match outcome {
             Ok(response) => return Ok(response),

@@ -26,6 +26,7 @@ use shardflow_node::command::METADATA_GROUP;
 use shardflow_workflow::{encode_output, RetryPolicy, Step, StepError};
 
 use super::{migration_error, voters, Ctx, MoveReplicaInput, Shared};
+use crate::failpoint::failpoint;
 
 /// The step's name: the other steps find its checkpoint and output by it.
 pub const NAME: &str = "AddLearner";
@@ -144,6 +145,7 @@ impl Step<MoveReplicaInput> for AddLearner {
             return Err(StepError::Cancelled);
         }
         shared.ensure_group(ctx, &plan.addr).await?;
+        failpoint!("replica.membership.before", call = "add_learner");
         shared
             .api
             .add_learner(
@@ -154,6 +156,7 @@ impl Step<MoveReplicaInput> for AddLearner {
             )
             .await
             .map_err(migration_error)?;
+        failpoint!("replica.membership.after", call = "add_learner");
         tracing::info!(
             workflow = %ctx.workflow_id(),
             group = input.group,

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use super::add_learner::{LearnerPlan, NAME as ADD_LEARNER};
 use super::{migration_error, Ctx, MoveReplicaInput, Shared};
+use crate::failpoint::failpoint;
 
 /// The checkpoint: the index the learner must reach.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,11 +89,13 @@ impl Step<MoveReplicaInput> for CatchUp {
                 node = to,
                 "the learner went missing; adding it again"
             );
+            failpoint!("replica.membership.before", call = "add_learner");
             shared
                 .api
                 .add_learner(group, to, plan.addr.clone(), shared.deadline())
                 .await
                 .map_err(migration_error)?;
+            failpoint!("replica.membership.after", call = "add_learner");
         }
 
         let started = Instant::now();

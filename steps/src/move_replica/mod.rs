@@ -60,6 +60,8 @@ use shardflow_node::rpc::ReplicationStatus;
 use shardflow_workflow::{Engine, Step, StepContext, StepError, Workflow};
 use tokio::time::Instant;
 
+use crate::failpoint::failpoint;
+
 /// The input of a MoveReplica instance: move `group`'s replica on
 /// `from_node` to `to_node`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,12 +184,16 @@ impl Shared {
         command: Command,
         key: String,
     ) -> Result<Result<ResponseV1, Rejection>, StepError> {
+        failpoint!("replica.propose.before", key = key);
+        #[cfg(feature = "failpoints")]
+        let failpoint_key = key.clone();
         let command = command.with_idempotency_key(key);
         let Response::V1(answer) = self
             .api
             .propose(group, command, self.deadline())
             .await
             .map_err(migration_error)?;
+        failpoint!("replica.propose.after", key = failpoint_key);
         Ok(match answer {
             ResponseV1::Rejected(rejection) => Err(rejection),
             answer => Ok(answer),
@@ -252,10 +258,12 @@ impl Shared {
             if !status.learners.contains(&input.to_node) {
                 return Ok(());
             }
+            failpoint!("replica.membership.before", call = "remove_learner");
             self.api
                 .remove_learner(input.group, input.to_node, self.deadline())
                 .await
                 .map_err(migration_error)?;
+            failpoint!("replica.membership.after", call = "remove_learner");
             tracing::info!(group = input.group, node = input.to_node, "learner removed");
         }
         // Still a learner after removing it: an add of an earlier attempt

@@ -29,6 +29,7 @@ use shardflow_workflow::{encode_output, RetryPolicy, Step, StepError};
 use tokio::time::Instant;
 
 use super::{migration_error, voters, Ctx, MoveReplicaInput, Shared};
+use crate::failpoint::failpoint;
 
 /// The group after the change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,11 +86,13 @@ impl Step<MoveReplicaInput> for Promote {
                 ctx.point_of_no_return().await?;
             }
             tracing::info!(group, ?current, ?target, "changing the membership");
+            failpoint!("replica.membership.before", call = "change_membership");
             shared
                 .api
                 .change_membership(group, target.clone(), shared.deadline())
                 .await
                 .map_err(migration_error)?;
+            failpoint!("replica.membership.after", call = "change_membership");
         } else if ctx.state().point_of_no_return.is_none() {
             // Found done without this workflow sending it (the point of no
             // return is journaled before it sends): Record follows and only

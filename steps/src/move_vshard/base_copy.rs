@@ -31,6 +31,7 @@ use shardflow_workflow::{encode_output, RetryPolicy, Step, StepError};
 use tokio::time::Instant;
 
 use super::{key, migration_error, migration_id, Ctx, MoveVShardInput, Shared};
+use crate::failpoint::failpoint;
 
 /// The checkpointed progress of the copy (postcard in the `Checkpoint`
 /// events of the BaseCopy step: `postcard::from_bytes::<CopyCursor>`).
@@ -288,6 +289,7 @@ impl Step<MoveVShardInput> for BaseCopy {
             if !chunk.more {
                 break;
             }
+            failpoint!("vshard.copy.between-chunks");
         }
         tracing::info!(
             migration,

@@ -21,6 +21,7 @@ use shardflow_workflow::{encode_output, RetryPolicy, Step, StepError};
 
 use super::base_copy::BaseCopyOutput;
 use super::{key, migration_error, migration_id, Ctx, MoveVShardInput, Shared};
+use crate::failpoint::failpoint;
 
 /// Where CatchUp left the target.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,11 +118,13 @@ pub(crate) async fn catch_up(
                 up_to_index: after,
             };
             // Trimming acts again with a higher index each round: no key.
+            failpoint!("vshard.propose.before", key = key(ctx, "trim"));
             shared
                 .api
                 .propose(from, Command::data(trim), shared.deadline())
                 .await
                 .map_err(migration_error)?;
+            failpoint!("vshard.propose.after", key = key(ctx, "trim"));
         }
         if checkpoint {
             let progress = CatchUpProgress {

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use super::catch_up::catch_up;
 use super::{key, migration_error, migration_id, Ctx, MoveVShardInput, Shared};
+use crate::failpoint::failpoint;
 
 /// What the cut-over did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +99,13 @@ impl CutOver {
             Ok(_) => Ok(()),
             // The reactor (or cleanup) got there first.
             Err(Rejection::WrongState { .. } | Rejection::MigrationClosed { .. }) => Ok(()),
+            // MarkMoved only runs after `Transfer` committed, so the source
+            // can no longer track this migration as anything but a ghost:
+            // none tracked means the reactor already dropped the ghost (seen
+            // in the crash matrix: driver killed after Activate, restarted
+            // past the ghost's TTL), another one means a later migration of
+            // the vShard. Either way nothing is left to mark.
+            Err(Rejection::WrongMigration { .. }) => Ok(()),
             Err(rejection) => Err(StepError::retryable(format!(
                 "MarkMoved refused: {rejection:?}"
             ))),
@@ -154,6 +162,7 @@ impl CutOver {
             other => return Err(StepError::terminal(format!("Fence answered {other:?}")).into()),
         };
         let fenced_at = Instant::now();
+        failpoint!("vshard.cutover.fenced");
         let over_budget = |what: &str| {
             StepError::retryable(format!(
                 "the write pause would exceed its budget of {} ms ({what} after {} ms)",
@@ -358,6 +367,7 @@ impl Step<MoveVShardInput> for CutOver {
                 }
                 Err(Failed::Undecided(error)) => return Err(error),
             };
+        failpoint!("vshard.cutover.transferred");
         ctx.point_of_no_return().await?;
         let input = ctx.input();
         let activate = DataOp::Activate {

@@ -30,6 +30,8 @@ use shardflow_node::migration::{now_ms, MigrationApi, MigrationError};
 use shardflow_workflow::{Engine, Step, StepContext, StepError, Workflow};
 use tokio::time::Instant;
 
+use crate::failpoint::failpoint;
+
 /// The input of a MoveVShard instance.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MoveVShardInput {
@@ -181,12 +183,16 @@ impl Shared {
         command: Command,
         key: String,
     ) -> Result<Result<ResponseV1, Rejection>, StepError> {
+        failpoint!("vshard.propose.before", key = key);
+        #[cfg(feature = "failpoints")]
+        let failpoint_key = key.clone();
         let command = command.with_idempotency_key(key);
         let Response::V1(answer) = self
             .api
             .propose(group, command, self.deadline())
             .await
             .map_err(migration_error)?;
+        failpoint!("vshard.propose.after", key = failpoint_key);
         Ok(match answer {
             ResponseV1::Rejected(rejection) => Err(rejection),
             answer => Ok(answer),
@@ -245,11 +251,13 @@ impl Shared {
         };
         // A renewal acts again each time: no key.
         let command = Command::metadata(renew);
+        failpoint!("vshard.propose.before", key = key(ctx, "renew"));
         let Response::V1(answer) = self
             .api
             .propose(0, command, self.deadline())
             .await
             .map_err(migration_error)?;
+        failpoint!("vshard.propose.after", key = key(ctx, "renew"));
         match answer {
             ResponseV1::Locked { .. } => Ok(None),
             ResponseV1::Transferred { epoch } => Ok(Some(epoch)),
