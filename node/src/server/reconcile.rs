@@ -77,11 +77,12 @@ pub(crate) async fn once(node: &Arc<NodeInner>) -> Result<(), NodeError> {
 ///
 /// A removed replica often never learns it was removed: the leader stops
 /// replicating to it once the configuration without it is appended, so its
-/// own membership still names it (and, a voter, it campaigns in vain). So
-/// when the metadata no longer names this node but its local membership
-/// does, the group's leader decides: the replica is stopped only if the
-/// leader's membership excludes this node *and* is newer (a higher log
-/// index) than the local one. A replica just promoted by a MoveReplica
+/// own membership still names it (and, a voter, it campaigns in vain); and a
+/// learner catching up replays old configurations that do not name it yet.
+/// So when the metadata does not name this node, the group's leader
+/// decides: the replica is stopped only if the leader's membership excludes
+/// this node and is newer than the local one (at least as new, when the
+/// local one does not name the node either). A replica just promoted by a MoveReplica
 /// whose Record has not committed yet is in the leader's membership, so it
 /// is kept.
 async fn stop_removed_groups(node: &Arc<NodeInner>, metadata: &MetadataState) {
@@ -105,7 +106,9 @@ async fn stop_removed_groups(node: &Arc<NodeInner>, metadata: &MetadataState) {
         let Some(local_index) = local_index else {
             continue;
         };
-        if !named || removed_by_leader(node, group, local_index).await {
+        // A learner catching up replays old configurations that do not name
+        // it yet: the leader decides in both cases.
+        if removed_by_leader(node, group, local_index, named).await {
             tracing::info!(
                 node = node.id,
                 group,
@@ -116,9 +119,15 @@ async fn stop_removed_groups(node: &Arc<NodeInner>, metadata: &MetadataState) {
     }
 }
 
-/// Whether `group`'s leader has a membership newer than `local_index`
-/// that names neither a voter nor a learner on this node.
-async fn removed_by_leader(node: &Arc<NodeInner>, group: u64, local_index: u64) -> bool {
+/// Whether `group`'s leader has a membership that names neither a voter
+/// nor a learner on this node and is newer than the local one (`named`
+/// locally) or at least as new (not named locally either).
+async fn removed_by_leader(
+    node: &Arc<NodeInner>,
+    group: u64,
+    local_index: u64,
+    named_locally: bool,
+) -> bool {
     let api = crate::migration::MigrationApi::new(Arc::clone(node));
     let deadline = tokio::time::Instant::now() + LEADER_ASK_TIMEOUT;
     match api.replication(group, deadline).await {
@@ -128,7 +137,10 @@ async fn removed_by_leader(node: &Arc<NodeInner>, group: u64, local_index: u64) 
                 && !named
                 && status
                     .membership_index
-                    .is_some_and(|index| index > local_index)
+                    .is_some_and(|index| match named_locally {
+                        true => index > local_index,
+                        false => index >= local_index,
+                    })
         }
         Err(_) => false,
     }
