@@ -196,7 +196,9 @@ pub enum DataOp {
     },
     /// Deletes a key. `vshard` must be `vshard_of(key)`.
     Delete { vshard: u16, key: Vec<u8> },
-    /// Marks vShards `Owned` by this group (at bootstrap).
+    /// Marks vShards `Owned` by this group, once, at bootstrap: refused
+    /// after the group's first assignment, so a leader reading stale
+    /// metadata cannot take back a vShard that migrated away.
     AssignVShards { vshards: Vec<u16> },
     /// Migration, target: starts an `Incoming` copy of an absent vShard.
     BeginIncoming { vshard: u16, migration: String },
@@ -677,6 +679,10 @@ pub enum Rejection {
         held: FenceId,
         asked: FenceId,
     },
+    /// The group took its bootstrap vShards already; it gains vShards only
+    /// by migration from now on.
+    #[error("this group's bootstrap vShards were assigned already")]
+    BootstrapAssigned,
 }
 
 impl Rejection {

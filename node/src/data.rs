@@ -289,6 +289,8 @@ pub trait DataView {
     fn vshard_migration(&self, vshard: u16) -> Result<Option<VShardMigration>, Self::Error>;
     /// Up to `limit` keys of `vshard`, in key order.
     fn vshard_keys(&self, vshard: u16, limit: usize) -> Result<Vec<Vec<u8>>, Self::Error>;
+    /// Whether this group took its bootstrap vShards already.
+    fn bootstrap_assigned(&self) -> Result<bool, Self::Error>;
 }
 
 /// One write a data command makes.
@@ -332,6 +334,8 @@ pub enum DataMutation<'a> {
         vshard: u16,
         up_to_index: u64,
     },
+    /// Records that the group took its bootstrap vShards.
+    MarkBootstrapAssigned,
 }
 
 /// What an applied data command does: its writes and its answer.
@@ -525,7 +529,14 @@ fn write<'a, V: DataView>(
 }
 
 /// Marks `vshards` Owned; refused whole if one is invalid or migrating.
+/// The group's one bootstrap assignment. Later ones are refused: after a
+/// migration moved a bootstrap vShard away (and its ghost was cleaned up),
+/// only the routing table knows, and a leader whose copy of it is stale
+/// would otherwise make this group a second owner (invariants 2 and 5).
 fn assign<'a, V: DataView>(ctx: &Ctx<'_, V>, vshards: &[u16]) -> Outcome<'a, V::Error> {
+    if ctx.view.bootstrap_assigned().map_err(Fail::Storage)? {
+        return Err(Rejection::BootstrapAssigned.into());
+    }
     let mut mutations = Vec::new();
     for &vshard in vshards {
         check_vshard(vshard)?;
@@ -539,6 +550,7 @@ fn assign<'a, V: DataView>(ctx: &Ctx<'_, V>, vshards: &[u16]) -> Outcome<'a, V::
         }
     }
     mutations.dedup();
+    mutations.push(DataMutation::MarkBootstrapAssigned);
     Ok(Effect::done(mutations))
 }
 
@@ -1130,6 +1142,7 @@ pub struct MemoryData {
     pub migrations: BTreeMap<u16, VShardMigration>,
     pub kv: BTreeMap<(u16, Vec<u8>), Vec<u8>>,
     pub changes: BTreeMap<(u16, u64), Change>,
+    pub bootstrap_assigned: bool,
 }
 
 impl DataView for MemoryData {
@@ -1150,6 +1163,10 @@ impl DataView for MemoryData {
             .take(limit)
             .map(|(k, _)| k)
             .collect())
+    }
+
+    fn bootstrap_assigned(&self) -> Result<bool, Infallible> {
+        Ok(self.bootstrap_assigned)
     }
 }
 
@@ -1205,6 +1222,7 @@ impl MemoryData {
                 self.changes
                     .retain(|&(v, index), _| v != vshard || index > up_to_index);
             }
+            DataMutation::MarkBootstrapAssigned => self.bootstrap_assigned = true,
         }
     }
 
@@ -1526,7 +1544,8 @@ mod tests {
             vshard,
             state: VShardState::Owned,
         };
-        assert_eq!(decision, Ok(Effect::done(vec![owned(0), owned(2)])));
+        let mark = DataMutation::MarkBootstrapAssigned;
+        assert_eq!(decision, Ok(Effect::done(vec![owned(0), owned(2), mark])));
         let busy = with_states(&[(
             2,
             VShardState::Fenced {
@@ -1540,6 +1559,23 @@ mod tests {
         };
         let Ok(decision) = apply(&states, 1, &op);
         assert_eq!(decision, Err(Rejection::InvalidVShard { vshard: 4096 }));
+    }
+
+    /// The bootstrap assignment happens once: a second one (a leader with
+    /// stale metadata re-assigning a vShard that migrated away and whose
+    /// ghost is gone) is refused and changes nothing.
+    #[test]
+    fn bootstrap_assignment_happens_once() {
+        let mut group = Group::owning(&[3]);
+        assert!(group.data.bootstrap_assigned);
+        let again = DataOp::AssignVShards { vshards: vec![7] };
+        assert_eq!(group.run(again), Err(Rejection::BootstrapAssigned));
+        assert_eq!(group.data.vshard_state(7), Ok(None));
+        let mut empty = Group::empty();
+        let none = DataOp::AssignVShards { vshards: vec![] };
+        assert_eq!(empty.run(none), Ok(ResponseV1::Done));
+        let late = DataOp::AssignVShards { vshards: vec![1] };
+        assert_eq!(empty.run(late), Err(Rejection::BootstrapAssigned));
     }
 
     /// The target's copy: begins only on an absent, empty vShard; takes
@@ -1865,10 +1901,15 @@ mod tests {
         assert_eq!(source.run(cleanup("m", 2)), deleted(1, true));
         assert_eq!(source.run(cleanup("m", 2)), deleted(0, true));
         source.ok(drop_ghost.clone());
+        let assigned_only = MemoryData {
+            bootstrap_assigned: true,
+            ..MemoryData::default()
+        };
+        assert_eq!(source.data, assigned_only, "the source holds nothing");
         assert_eq!(
-            source.data,
-            MemoryData::default(),
-            "the source holds nothing"
+            source.run(DataOp::AssignVShards { vshards: vec![V] }),
+            Err(Rejection::BootstrapAssigned),
+            "a stale re-assignment cannot bring the moved vShard back"
         );
         source.ok(drop_ghost);
         assert_eq!(source.run(cleanup("m", 2)), deleted(0, true));

@@ -433,6 +433,11 @@ async fn snapshot_export_install_gives_identical_state() {
         Some(9u64.to_le_bytes().to_vec())
     );
     assert_eq!(target.get(b"user:7".to_vec()).await.expect("read"), None);
+    assert!(
+        target.bootstrap_assigned().await.expect("flag"),
+        "the snapshot carries the bootstrap assignment, so a follower \
+         installing it refuses a stale re-assignment too"
+    );
 }
 
 /// A snapshot whose data contradicts its metadata is refused, and the

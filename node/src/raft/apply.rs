@@ -14,8 +14,8 @@ use shardflow_store::raft_store::{SmWrite, StateMachineRead};
 
 use super::error::{InGroup, RaftStorageError};
 use super::records::{
-    decode, encode, AppliedRecord, MembershipRecord, StoredMembershipV1, MEMBERSHIP_KEY,
-    METADATA_KEY,
+    decode, encode, AppliedRecord, MembershipRecord, StoredMembershipV1, BOOTSTRAP_ASSIGNED_KEY,
+    MEMBERSHIP_KEY, METADATA_KEY,
 };
 use super::types::{Entry, EntryPayload};
 use crate::command::{Command, DataOp, GroupKind, MetadataOp, Op, Rejection, Response, ResponseV1};
@@ -146,6 +146,10 @@ impl<R: StateMachineRead> DataView for StoredView<'_, R> {
     fn vshard_keys(&self, vshard: u16, limit: usize) -> Result<Vec<Vec<u8>>, RaftStorageError> {
         Ok(self.0.vshard_keys(vshard, limit)?)
     }
+
+    fn bootstrap_assigned(&self) -> Result<bool, RaftStorageError> {
+        Ok(self.0.meta(BOOTSTRAP_ASSIGNED_KEY)?.is_some())
+    }
 }
 
 fn apply_data(sm: &mut SmWrite<'_>, index: u64, op: &DataOp) -> Result<Response, RaftStorageError> {
@@ -195,6 +199,7 @@ fn write_mutation(
             vshard,
             up_to_index,
         } => sm.trim_changes(vshard, up_to_index)?,
+        DataMutation::MarkBootstrapAssigned => sm.put_meta(BOOTSTRAP_ASSIGNED_KEY, &[1])?,
     }
     Ok(())
 }

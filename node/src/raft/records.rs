@@ -29,6 +29,9 @@ pub const LAST_APPLIED_KEY: &str = "last_applied";
 pub const MEMBERSHIP_KEY: &str = "membership";
 /// `sm_meta` key of the metadata group's state.
 pub const METADATA_KEY: &str = "metadata";
+/// `sm_meta` key a data group sets when it takes its bootstrap vShards
+/// (present: assigned; the value is not read).
+pub const BOOTSTRAP_ASSIGNED_KEY: &str = "bootstrap_assigned";
 
 /// A record that could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]

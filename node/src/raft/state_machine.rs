@@ -34,7 +34,7 @@ use super::apply::{apply_entry, load_metadata, load_vshard, load_vshard_migratio
 use super::error::{blocking, run_blocking, InGroup, RaftStorageError};
 use super::records::{
     decode, decode_log_id, decode_snapshot_meta, encode, encode_log_id, encode_snapshot_meta,
-    MembershipRecord, SnapshotData, LAST_APPLIED_KEY, MEMBERSHIP_KEY,
+    MembershipRecord, SnapshotData, BOOTSTRAP_ASSIGNED_KEY, LAST_APPLIED_KEY, MEMBERSHIP_KEY,
 };
 use super::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -338,6 +338,16 @@ impl StateMachineStore {
     pub async fn vshard_state(&self, vshard: u16) -> Result<Option<VShardState>, RaftStorageError> {
         self.read("reading a vShard state", move |store| {
             store.read_state_machine(|sm| load_vshard(sm, vshard))
+        })
+        .await
+    }
+
+    /// Whether this data group took its bootstrap vShards already.
+    pub async fn bootstrap_assigned(&self) -> Result<bool, RaftStorageError> {
+        self.read("reading the bootstrap assignment", |store| {
+            store.read_state_machine(|sm| {
+                Ok::<_, RaftStorageError>(sm.meta(BOOTSTRAP_ASSIGNED_KEY)?.is_some())
+            })
         })
         .await
     }

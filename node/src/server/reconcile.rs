@@ -6,7 +6,9 @@
 //! members include this node: starts its `Raft`; if this node is the
 //! group's lowest member and the group was never initialized, initializes it
 //! with the members the metadata names; and, on the group's leader, marks
-//! the vShards routed to it at the bootstrap epoch `Owned`. A data group
+//! the vShards routed to it at the bootstrap epoch `Owned` — once per
+//! group: the group's state machine refuses a second assignment, since a
+//! leader with stale metadata would take back a vShard that moved away. A data group
 //! this node was removed from (its replica moved away: the metadata no
 //! longer names it, and neither does the group's membership as the leader
 //! holds it) is stopped.
@@ -185,6 +187,11 @@ async fn assign_bootstrap_vshards(
     runtime: &GroupRuntime,
 ) {
     if runtime.raft.metrics().borrow().current_leader != Some(node.id) {
+        return;
+    }
+    // Once per group: after that, only migrations add or remove vShards,
+    // and this node's metadata may be too stale to tell which moved away.
+    if !matches!(runtime.state_machine.bootstrap_assigned().await, Ok(false)) {
         return;
     }
     let Ok(states) = runtime.state_machine.vshard_states().await else {
