@@ -65,15 +65,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Operate the workflows (migrations) of a running cluster: list, show,
-    /// watch, cancel, resume. Any node answers for any workflow.
+    /// Operate the workflows (migrations) of a running cluster.
+    ///
+    /// List, show, watch, cancel, resume. Any node answers for any workflow.
     ///
     /// Example: shardflow workflow list --cluster 127.0.0.1:7001 --certs ./certs
     #[command(subcommand)]
     Workflow(WorkflowCommand),
-    /// Start a migration: move a vShard to another group, or a group's
-    /// replica to another node. Prints the workflow id; with --wait, shows
-    /// its progress and exits 0 only if it completes.
+    /// Start a migration: a vShard to another group, a replica to another node.
+    ///
+    /// Prints the workflow id; with --wait, shows its progress and exits 0
+    /// only if it completes.
     ///
     /// Example: shardflow migrate vshard 17 --to-group 2 --wait --cluster 127.0.0.1:7001 --certs ./certs
     #[command(subcommand)]
@@ -83,12 +85,14 @@ pub enum Command {
     /// Example: shardflow journal verify --data /var/lib/shardflow/n1
     #[command(subcommand)]
     Journal(JournalCommand),
-    /// Run the whole story in one process and verify it: a 3-node cluster
-    /// (real QUIC and redb) with 4 data groups, 100,000 keys loaded, a
-    /// vShard moved under live writes while the node driving it is stopped
-    /// and restarted in CatchUp, a replica moved to a 4th node, then the
-    /// audit timelines and a verification summary (acknowledged writes,
-    /// keys lost, duplicates, owners per vShard, write pause).
+    /// Run the whole story in one process and verify it (about a minute).
+    ///
+    /// A 3-node cluster (real QUIC and redb) with 4 data groups, 100,000
+    /// keys loaded, a vShard moved under live writes while the node driving
+    /// it is stopped and restarted in CatchUp, a replica moved to a 4th
+    /// node, then the audit timelines and a verification summary
+    /// (acknowledged writes, keys lost, duplicates, owners per vShard,
+    /// write pause).
     ///
     /// Exits 0 only if everything verified; the last line starts with
     /// `verified:`. Takes about a minute in a release build.
@@ -195,6 +199,9 @@ pub struct NodeArgs {
     /// requests) before deleting it, in ms [default: 60000].
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
     pub ghost_ttl_ms: Option<u64>,
+    /// Print the ready line as JSON, {"node": N, "listening": "ADDR"}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the cluster is and how to authenticate to it.
@@ -442,6 +449,9 @@ pub enum WorkflowCommand {
         by: Option<String>,
         #[command(flatten)]
         cluster: ClusterArgs,
+        /// Print JSON ({"id", "requested", "by"}) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Drive a Paused workflow again, with fresh retry budgets. Refused
     /// unless it is paused.
@@ -455,6 +465,9 @@ pub enum WorkflowCommand {
         by: Option<String>,
         #[command(flatten)]
         cluster: ClusterArgs,
+        /// Print JSON ({"id", "requested", "by"}) instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
