@@ -314,9 +314,10 @@ fn subcommands(help: &str) -> Vec<String> {
 }
 
 /// Every command path of the binary, found by walking `--help` from the
-/// top, with each one's long help. The list comes from clap's command
-/// tree, so a new subcommand is checked without touching this test.
-fn every_command_help() -> Vec<(Vec<String>, String)> {
+/// top, with each one's long help (`--help`) and short help (`-h`). The
+/// list comes from clap's command tree, so a new subcommand is checked
+/// without touching this test.
+fn every_command_help() -> Vec<(Vec<String>, String, String)> {
     let mut found = Vec::new();
     let mut queue = vec![Vec::<String>::new()];
     while let Some(path) = queue.pop() {
@@ -335,7 +336,11 @@ fn every_command_help() -> Vec<(Vec<String>, String)> {
             next.push(name);
             queue.push(next);
         }
-        found.push((path, help));
+        args.pop();
+        args.push("-h");
+        let short = shardflow(&args);
+        assert!(short.status.success(), "{args:?}: {}", text(&short.stderr));
+        found.push((path, help, text(&short.stdout)));
     }
     found.sort();
     found
@@ -356,12 +361,12 @@ fn example(help: &str) -> Option<String> {
 }
 
 // Proves every command and subcommand (walked from clap's own tree through
-// `--help`) says what it does with a runnable example, and that every leaf
-// command takes --json.
+// `--help`) says what it does with a runnable example, shown by `-h` too,
+// and that every leaf command takes --json.
 #[test]
 fn every_command_has_help_with_an_example_and_json() {
     let commands = every_command_help();
-    let paths: Vec<String> = commands.iter().map(|(path, _)| path.join(" ")).collect();
+    let paths: Vec<String> = commands.iter().map(|(path, _, _)| path.join(" ")).collect();
     // The walk found the whole tree, not a truncated part of it.
     for expected in [
         "",
@@ -385,7 +390,7 @@ fn every_command_has_help_with_an_example_and_json() {
     assert!(paths.len() >= 27, "{paths:?}");
     let mut missing_example = Vec::new();
     let mut missing_json = Vec::new();
-    for (path, help) in &commands {
+    for (path, help, short) in &commands {
         let name = path.join(" ");
         // The first line says what it does.
         assert!(
@@ -399,7 +404,8 @@ fn every_command_has_help_with_an_example_and_json() {
                 || (path.is_empty() && e.starts_with("shardflow "))
                 || (name == "demo" && e.starts_with("cargo run --release -- demo"))
         });
-        if !runnable {
+        // `-h` shows the same example.
+        if !runnable || example(short) != example(help) {
             missing_example.push(name.clone());
         }
         let leaf = subcommands(help).is_empty();

@@ -41,23 +41,24 @@ pub enum Command {
     /// Prints `node N listening on ADDR` once serving; logs go to stderr
     /// (RUST_LOG, default info). Restarted with the same --data, the node
     /// rejoins with its data.
-    ///
-    /// Example: shardflow node --id 1 --listen 127.0.0.1:7001 --data /var/lib/shardflow/n1 --certs ./certs
-    ///   (or: shardflow node --config /etc/shardflow/node.toml)
+    #[command(
+        after_help = "Example: shardflow node --id 1 --listen 127.0.0.1:7001 --data /var/lib/shardflow/n1 --certs ./certs\n  (or: shardflow node --config /etc/shardflow/node.toml)"
+    )]
     Node(NodeArgs),
     /// Cluster administration: certificates, bootstrap, membership, status.
-    ///
-    /// Example: shardflow cluster status --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow cluster status --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     #[command(subcommand)]
     Cluster(ClusterCommand),
     /// Write, read, delete and scan keys.
-    ///
-    /// Example: shardflow kv get user:1 --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow kv get user:1 --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     #[command(subcommand)]
     Kv(KvCommand),
     /// Print the vShard (0..1024) a key belongs to; no cluster needed.
-    ///
-    /// Example: shardflow vshard-of user:1
+    #[command(after_help = "Example: shardflow vshard-of user:1")]
     VshardOf {
         /// The key.
         key: String,
@@ -68,21 +69,22 @@ pub enum Command {
     /// Operate the workflows (migrations) of a running cluster.
     ///
     /// List, show, watch, cancel, resume. Any node answers for any workflow.
-    ///
-    /// Example: shardflow workflow list --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow workflow list --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     #[command(subcommand)]
     Workflow(WorkflowCommand),
     /// Start a migration: a vShard to another group, a replica to another node.
     ///
     /// Prints the workflow id; with --wait, shows its progress and exits 0
     /// only if it completes.
-    ///
-    /// Example: shardflow migrate vshard 17 --to-group 2 --wait --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow migrate vshard 17 --to-group 2 --wait --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     #[command(subcommand)]
     Migrate(MigrateCommand),
     /// Audit a stopped node's workflow journal (no cluster needed).
-    ///
-    /// Example: shardflow journal verify --data /var/lib/shardflow/n1
+    #[command(after_help = "Example: shardflow journal verify --data /var/lib/shardflow/n1")]
     #[command(subcommand)]
     Journal(JournalCommand),
     /// Run the whole story in one process and verify it (about a minute).
@@ -96,8 +98,9 @@ pub enum Command {
     ///
     /// Exits 0 only if everything verified; the last line starts with
     /// `verified:`. Takes about a minute in a release build.
-    ///
-    /// Example: cargo run --release -- demo   (or: shardflow demo --keys 20000 --data ./demo-data)
+    #[command(
+        after_help = "Example: cargo run --release -- demo   (or: shardflow demo --keys 20000 --data ./demo-data)"
+    )]
     Demo(DemoArgs),
     /// Measure this machine's limits and a 3-node loopback cluster against them.
     ///
@@ -107,8 +110,7 @@ pub enum Command {
     /// foreground throughput), the engine's step overhead and replay rate,
     /// and a driver restart; the ratios against the targets. Progress on
     /// stderr. Build with --release; a default run takes a few minutes.
-    ///
-    /// Example: shardflow bench --json --keys 10000 --value-bytes 1000
+    #[command(after_help = "Example: shardflow bench --json --keys 10000 --value-bytes 1000")]
     Bench(BenchArgs),
 }
 
@@ -226,8 +228,7 @@ pub enum ClusterCommand {
     /// client.pem, client.key. On a directory that already holds a CA, only
     /// the missing certificates are issued, from that CA; no file is ever
     /// overwritten.
-    ///
-    /// Example: shardflow cluster certs --out ./certs --nodes 1,2,3
+    #[command(after_help = "Example: shardflow cluster certs --out ./certs --nodes 1,2,3")]
     Certs {
         /// Directory to write to (created if missing).
         #[arg(long)]
@@ -243,8 +244,9 @@ pub enum ClusterCommand {
     ///
     /// Spreads the 1024 vShards evenly over --groups data groups of
     /// --replicas members each. Refused on a cluster already bootstrapped.
-    ///
-    /// Example: shardflow cluster bootstrap --node 1=127.0.0.1:7001 --node 2=127.0.0.1:7002 --node 3=127.0.0.1:7003 --groups 3 --replicas 3 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow cluster bootstrap --node 1=127.0.0.1:7001 --node 2=127.0.0.1:7002 --node 3=127.0.0.1:7003 --groups 3 --replicas 3 --certs ./certs"
+    )]
     Bootstrap {
         /// A node of the new cluster, N=HOST:PORT; repeat for each node.
         #[arg(long = "node", required = true)]
@@ -266,8 +268,9 @@ pub enum ClusterCommand {
         json: bool,
     },
     /// Register a node started after the bootstrap, so replicas can move to it.
-    ///
-    /// Example: shardflow cluster add-node 4=127.0.0.1:7004 --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow cluster add-node 4=127.0.0.1:7004 --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     AddNode {
         /// The node, N=HOST:PORT.
         node: String,
@@ -278,8 +281,9 @@ pub enum ClusterCommand {
         json: bool,
     },
     /// Forget a node; refused while it still holds a replica.
-    ///
-    /// Example: shardflow cluster remove-node 4 --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow cluster remove-node 4 --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     RemoveNode {
         /// The node id.
         id: u64,
@@ -290,8 +294,9 @@ pub enum ClusterCommand {
         json: bool,
     },
     /// Show nodes, groups (leader, members, vShards, epochs), merged from every node's view.
-    ///
-    /// Example: shardflow cluster status --cluster 127.0.0.1:7001 --certs ./certs --json
+    #[command(
+        after_help = "Example: shardflow cluster status --cluster 127.0.0.1:7001 --certs ./certs --json"
+    )]
     Status {
         #[command(flatten)]
         cluster: ClusterArgs,
@@ -304,8 +309,9 @@ pub enum ClusterCommand {
 #[derive(Subcommand)]
 pub enum KvCommand {
     /// Write VALUE under KEY.
-    ///
-    /// Example: shardflow kv put user:1 alice --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow kv put user:1 alice --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     Put {
         key: String,
         value: String,
@@ -316,8 +322,9 @@ pub enum KvCommand {
         json: bool,
     },
     /// Print the value of KEY (linearizable read); exit 1 if it is absent.
-    ///
-    /// Example: shardflow kv get user:1 --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow kv get user:1 --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     Get {
         key: String,
         #[command(flatten)]
@@ -327,8 +334,9 @@ pub enum KvCommand {
         json: bool,
     },
     /// Delete KEY (deleting an absent key succeeds).
-    ///
-    /// Example: shardflow kv delete user:1 --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow kv delete user:1 --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     Delete {
         key: String,
         #[command(flatten)]
@@ -341,8 +349,9 @@ pub enum KvCommand {
     ///
     /// Output is one `KEY<TAB>VALUE` line per pair (non-UTF-8 bytes as 0x..
     /// hex), in vShard order then key order.
-    ///
-    /// Example: shardflow kv scan --vshard 174 --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow kv scan --vshard 174 --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     Scan {
         /// Only this vShard (0..1024).
         #[arg(long)]
@@ -361,8 +370,7 @@ pub enum KvCommand {
 #[derive(Subcommand)]
 pub enum JournalCommand {
     /// Print each workflow's timeline: steps, attempts, durations, how it ended.
-    ///
-    /// Example: shardflow journal replay --data /var/lib/shardflow/node-1
+    #[command(after_help = "Example: shardflow journal replay --data /var/lib/shardflow/node-1")]
     Replay {
         /// The node's data directory (holds journal.redb).
         #[arg(long)]
@@ -375,8 +383,7 @@ pub enum JournalCommand {
         json: bool,
     },
     /// Check every hash chain and replay rule; name the first bad event.
-    ///
-    /// Example: shardflow journal verify --data /var/lib/shardflow/node-1
+    #[command(after_help = "Example: shardflow journal verify --data /var/lib/shardflow/node-1")]
     Verify {
         /// The node's data directory (holds journal.redb).
         #[arg(long)]
@@ -394,8 +401,9 @@ pub enum WorkflowCommand {
     ///
     /// A node that does not answer is named below the table; the command
     /// fails only if no node answers.
-    ///
-    /// Example: shardflow workflow list --all --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow workflow list --all --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     List {
         /// Include completed and aborted workflows.
         #[arg(long)]
@@ -409,8 +417,9 @@ pub enum WorkflowCommand {
     /// Show one workflow: its phase and steps, every event with its time,
     /// step and attempt, and the figures its steps measured (e.g. the write
     /// pause of a cut-over).
-    ///
-    /// Example: shardflow workflow show wf-2-7 --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow workflow show wf-2-7 --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     Show {
         /// The workflow id, wf-<node>-<serial>.
         id: String,
@@ -422,8 +431,9 @@ pub enum WorkflowCommand {
     },
     /// Print a workflow's events as they are journaled until it completes,
     /// aborts or pauses. Exits 0 only if it completes.
-    ///
-    /// Example: shardflow workflow watch wf-2-7 --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow workflow watch wf-2-7 --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     Watch {
         /// The workflow id, wf-<node>-<serial>.
         id: String,
@@ -439,8 +449,9 @@ pub enum WorkflowCommand {
     /// Ask a workflow to cancel. Before its point of no return it stops at
     /// the next step boundary and compensates (ends Aborted); after it, it
     /// rolls forward. Refused if it already ended.
-    ///
-    /// Example: shardflow workflow cancel wf-2-7 --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow workflow cancel wf-2-7 --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     Cancel {
         /// The workflow id, wf-<node>-<serial>.
         id: String,
@@ -455,8 +466,9 @@ pub enum WorkflowCommand {
     },
     /// Drive a Paused workflow again, with fresh retry budgets. Refused
     /// unless it is paused.
-    ///
-    /// Example: shardflow workflow resume wf-2-7 --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow workflow resume wf-2-7 --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     Resume {
         /// The workflow id, wf-<node>-<serial>.
         id: String,
@@ -479,8 +491,9 @@ pub enum MigrateCommand {
     /// Refused, changing nothing: a vShard outside 0..1024, an unknown
     /// group, the group that owns it, a vShard already migrating, a cluster
     /// at its limit of concurrent migrations.
-    ///
-    /// Example: shardflow migrate vshard 17 --to-group 2 --pause-budget-ms 500 --wait --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow migrate vshard 17 --to-group 2 --pause-budget-ms 500 --wait --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     Vshard {
         /// The vShard (0..1024); `shardflow vshard-of KEY` names a key's.
         vshard: u64,
@@ -505,8 +518,9 @@ pub enum MigrateCommand {
     ///
     /// Refused, changing nothing: an unknown group or node, N without a
     /// replica of G, M with one.
-    ///
-    /// Example: shardflow migrate replica --group 1 --from 3 --to 4 --wait --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow migrate replica --group 1 --from 3 --to 4 --wait --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     Replica {
         /// The group.
         #[arg(long)]
