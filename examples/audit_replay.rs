@@ -11,6 +11,7 @@
 //! `shardflow journal replay --data DIR [--workflow ID] [--json]`.
 
 use std::error::Error;
+use std::path::Path;
 use std::time::Duration;
 
 use shardflow::audit::{self, Timeline};
@@ -22,9 +23,18 @@ use shardflow::node::vshard::vshard_of;
 const VSHARD: u16 = 7;
 const TO_GROUP: u64 = 2;
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn Error>> {
-    let dir = tempfile::tempdir()?;
+/// What the example saw, for its test.
+#[derive(Debug)]
+struct Audited {
+    phase: &'static str,
+    workflows: u64,
+    events: u64,
+    timelines: Vec<Timeline>,
+}
+
+/// The example: a cluster in `dir`, a migration, the driver's journal
+/// audited with the cluster stopped.
+async fn run(dir: &Path) -> Result<Audited, Box<dyn Error>> {
     let options = EmbeddedOptions {
         groups: 2,
         // A short ghost time to live, so the source's copy is cleaned up
@@ -36,8 +46,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
         },
         ..EmbeddedOptions::default()
     };
-    println!("starting a 3-node cluster in {}", dir.path().display());
-    let mut cluster = EmbeddedCluster::start(dir.path(), options).await?;
+    println!("starting a 3-node cluster in {}", dir.display());
+    let mut cluster = EmbeddedCluster::start(dir, options).await?;
     let client = cluster.client().clone();
 
     let keys: Vec<Vec<u8>> = (0u64..)
@@ -77,10 +87,27 @@ async fn main() -> Result<(), Box<dyn Error>> {
         "\njournal {}: {} workflows, {} events, every hash chain and replay rule verified",
         summary.path, summary.workflows, summary.events
     );
-    for timeline in audit::replay(&data, Some(id))? {
-        print_timeline(&timeline);
+    let timelines = audit::replay(&data, Some(id))?;
+    for timeline in &timelines {
+        print_timeline(timeline);
     }
     cluster.shutdown().await;
+    Ok(Audited {
+        phase: state.phase.label(),
+        workflows: summary.workflows,
+        events: summary.events,
+        timelines,
+    })
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn Error>> {
+    let dir = tempfile::tempdir()?;
+    let audited = run(dir.path()).await?;
+    let verified = audited.workflows >= 1 && audited.events > 0;
+    if audited.phase != "Completed" || audited.timelines.len() != 1 || !verified {
+        return Err(format!("unexpected: {audited:?}").into());
+    }
     Ok(())
 }
 
@@ -149,5 +176,32 @@ fn print_timeline(timeline: &Timeline) {
             line.step.as_deref().unwrap_or(""),
             line.detail
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves the example runs as written: the migration completes, the
+    // stopped driver's journal verifies, and its replay is the migration's
+    // timeline with every MoveVShard step done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_example_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let audited = run(dir.path()).await.expect("the example runs");
+        assert_eq!(audited.phase, "Completed");
+        assert!(audited.workflows >= 1, "{audited:?}");
+        assert!(audited.events > 10, "{audited:?}");
+        let [timeline] = audited.timelines.as_slice() else {
+            panic!("one timeline: {audited:?}");
+        };
+        assert_eq!(timeline.kind, "MoveVShard");
+        assert_eq!(timeline.phase, "Completed");
+        let steps: Vec<&str> = timeline.steps.iter().map(|s| s.name.as_str()).collect();
+        for step in ["BaseCopy", "CatchUp", "CutOver", "Cleanup"] {
+            assert!(steps.contains(&step), "{steps:?}");
+        }
+        assert!(timeline.write_pause_us.is_some(), "{timeline:?}");
     }
 }

@@ -16,6 +16,10 @@ use shardflow_node::server::{
     MigrationLimits, MigrationTimings, Node, NodeConfig, NodeError, RaftTimings,
 };
 
+/// How long [`EmbeddedCluster::shutdown`] lets the client's connections
+/// drain before it stops the nodes.
+pub const CLIENT_CLOSE_TIMEOUT: Duration = Duration::from_millis(300);
+
 /// How to build the cluster.
 #[derive(Clone, Debug)]
 pub struct EmbeddedOptions {
@@ -186,14 +190,18 @@ impl EmbeddedCluster {
         slot.node.as_ref().ok_or(EmbeddedError::UnknownNode(id))
     }
 
-    /// Stops every node and closes the client.
+    /// Closes the client (waiting at most [`CLIENT_CLOSE_TIMEOUT`] for its
+    /// connections to drain), then stops every node, all at once.
     pub async fn shutdown(mut self) {
-        self.client.shutdown().await;
-        for slot in &mut self.slots {
-            if let Some(node) = slot.node.take() {
-                node.shutdown().await;
-            }
+        // The nodes see the close at once; draining is only politeness.
+        let _ = tokio::time::timeout(CLIENT_CLOSE_TIMEOUT, self.client.shutdown()).await;
+        let mut stopping = tokio::task::JoinSet::new();
+        for node in self.slots.iter_mut().filter_map(|slot| slot.node.take()) {
+            stopping.spawn(async move { node.shutdown().await });
         }
+        // A JoinError is a panic in a node's shutdown, already reported by
+        // the runtime; the other nodes still stop.
+        while stopping.join_next().await.is_some() {}
     }
 
     fn slot(&self, id: u64) -> Result<&Slot, EmbeddedError> {

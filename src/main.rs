@@ -7,11 +7,14 @@
 //! - `1` — the operation failed: bad argument value (malformed `N=HOST:PORT`,
 //!   vShard out of range, missing certificate files), the cluster refused or
 //!   was unavailable, `kv get` of an absent key, a journal that does not
-//!   verify, a malformed workflow id, `workflow watch` of a workflow that
-//!   ends other than `Completed` (aborted, paused) or outlives
-//!   `--max-wait-secs`;
+//!   verify, a malformed workflow id, `workflow watch` or `migrate --wait`
+//!   of a workflow that ends other than `Completed` (aborted, paused) or
+//!   outlives `--max-wait-secs`, a `demo` that does not verify;
 //! - `2` — the command line is malformed (unknown command or flag, missing
 //!   argument, a number that is not one), reported by clap.
+//!
+//! The same table is in the README's CLI reference and the top-level
+//! `--help`.
 //!
 //! Logging: `shardflow node` logs to stderr (`RUST_LOG`, default `info`);
 //! other commands log only when `RUST_LOG` is set.

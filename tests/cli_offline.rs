@@ -215,16 +215,15 @@ fn get_from_a_closed_port_fails_within_the_deadline() {
     assert!(elapsed < Duration::from_secs(6), "took {elapsed:?}");
 }
 
-// Proves `shardflow node` prints its listening line once serving and exits
-// cleanly (status 0) on SIGTERM.
-#[test]
-fn node_serves_until_sigterm() {
+/// Starts `shardflow node` (with `extra` flags), returns its first stdout
+/// line once it serves, then stops it with SIGTERM and asserts it exits 0.
+fn serve_and_terminate(extra: &[&str]) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().join("certs");
     let made = shardflow(&["cluster", "certs", "--out", utf8(&certs), "--nodes", "7"]);
     assert!(made.status.success(), "{}", text(&made.stderr));
     let data = dir.path().join("data");
-    let mut child = shardflow_command(&[
+    let mut args = vec![
         "node",
         "--id",
         "7",
@@ -234,12 +233,14 @@ fn node_serves_until_sigterm() {
         utf8(&data),
         "--certs",
         utf8(&certs),
-    ])
-    .env("RUST_LOG", "error")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("spawn node");
+    ];
+    args.extend(extra);
+    let mut child = shardflow_command(&args)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn node");
     let stdout = child.stdout.take().expect("stdout");
     let (lines, received) = mpsc::channel();
     std::thread::spawn(move || {
@@ -253,14 +254,6 @@ fn node_serves_until_sigterm() {
         .recv_timeout(Duration::from_secs(30))
         .expect("a line within 30 s")
         .expect("utf-8 line");
-    let addr = line
-        .strip_prefix("node 7 listening on ")
-        .unwrap_or_else(|| panic!("unexpected line {line:?}"));
-    assert!(
-        addr.parse::<std::net::SocketAddr>()
-            .is_ok_and(|a| a.port() != 0),
-        "{addr}"
-    );
 
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -277,46 +270,158 @@ fn node_serves_until_sigterm() {
         .expect("wait");
     assert!(status.success(), "{status:?}");
     assert!(data.is_dir());
+    line
 }
 
-// Proves every command's --help says what it does with an example.
+fn is_bound(addr: &str) -> bool {
+    addr.parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.port() != 0)
+}
+
+// Proves `shardflow node` prints its listening line once serving and exits
+// cleanly (status 0) on SIGTERM.
 #[test]
-fn help_texts_show_an_example() {
-    let commands: [&[&str]; 17] = [
-        &[],
-        &["node"],
-        &["cluster"],
-        &["cluster", "certs"],
-        &["cluster", "bootstrap"],
-        &["cluster", "add-node"],
-        &["cluster", "remove-node"],
-        &["cluster", "status"],
-        &["kv"],
-        &["kv", "put"],
-        &["kv", "get"],
-        &["kv", "delete"],
-        &["kv", "scan"],
-        &["vshard-of"],
-        &["journal"],
-        &["journal", "replay"],
-        &["journal", "verify"],
-    ];
-    for command in commands {
-        let mut args = command.to_vec();
+fn node_serves_until_sigterm() {
+    let line = serve_and_terminate(&[]);
+    let addr = line
+        .strip_prefix("node 7 listening on ")
+        .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+    assert!(is_bound(addr), "{addr}");
+}
+
+// Proves `shardflow node --json` prints its ready line as one JSON object.
+#[test]
+fn node_prints_its_ready_line_as_json() {
+    let line = serve_and_terminate(&["--json"]);
+    let ready: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(ready["node"], 7, "{line}");
+    assert!(ready["listening"].as_str().is_some_and(is_bound), "{line}");
+}
+
+/// The subcommands `--help` lists under `Commands:` (clap's own list,
+/// without `help`).
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|line| line.trim_end() != "Commands:")
+        .skip(1)
+        .take_while(|line| !line.trim().is_empty())
+        // An entry is `  NAME  About`; a wrapped about is indented deeper.
+        .filter(|line| line.starts_with("  ") && !line.starts_with("   "))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every command path of the binary, found by walking `--help` from the
+/// top, with each one's long help (`--help`) and short help (`-h`). The
+/// list comes from clap's command tree, so a new subcommand is checked
+/// without touching this test.
+fn every_command_help() -> Vec<(Vec<String>, String, String)> {
+    let mut found = Vec::new();
+    let mut queue = vec![Vec::<String>::new()];
+    while let Some(path) = queue.pop() {
+        assert!(path.len() <= 3, "runaway walk: {path:?}");
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
         args.push("--help");
         let output = shardflow(&args);
-        let help = text(&output.stdout);
         assert!(
             output.status.success(),
-            "{command:?}: {}",
+            "{args:?}: {}",
             text(&output.stderr)
         );
-        assert!(
-            help.contains("Example"),
-            "{command:?} --help lacks an example:\n{help}"
-        );
-        assert!(help.contains("shardflow "), "{command:?}");
+        let help = text(&output.stdout);
+        for name in subcommands(&help) {
+            let mut next = path.clone();
+            next.push(name);
+            queue.push(next);
+        }
+        args.pop();
+        args.push("-h");
+        let short = shardflow(&args);
+        assert!(short.status.success(), "{args:?}: {}", text(&short.stderr));
+        found.push((path, help, text(&short.stdout)));
     }
+    found.sort();
+    found
+}
+
+/// The example in a help text: the rest of the first `Example:` line, or
+/// the line after it when that line only titles the example.
+fn example(help: &str) -> Option<String> {
+    let (_, rest) = help.split_once("Example")?;
+    let mut lines = rest.lines();
+    let first = lines.next()?.trim_start_matches([':', ' ']).trim();
+    let is_command = first.starts_with("shardflow ") || first.starts_with("cargo run");
+    let line = match is_command {
+        true => first,
+        false => lines.next()?.trim(),
+    };
+    Some(line.to_string())
+}
+
+// Proves every command and subcommand (walked from clap's own tree through
+// `--help`) says what it does with a runnable example, shown by `-h` too,
+// and that every leaf command takes --json.
+#[test]
+fn every_command_has_help_with_an_example_and_json() {
+    let commands = every_command_help();
+    let paths: Vec<String> = commands.iter().map(|(path, _, _)| path.join(" ")).collect();
+    // The walk found the whole tree, not a truncated part of it.
+    for expected in [
+        "",
+        "node",
+        "cluster bootstrap",
+        "kv scan",
+        "vshard-of",
+        "workflow cancel",
+        "workflow resume",
+        "migrate vshard",
+        "migrate replica",
+        "journal verify",
+        "demo",
+        "bench",
+    ] {
+        assert!(
+            paths.iter().any(|p| p == expected),
+            "{expected:?} not in {paths:?}"
+        );
+    }
+    assert!(paths.len() >= 27, "{paths:?}");
+    let mut missing_example = Vec::new();
+    let mut missing_json = Vec::new();
+    for (path, help, short) in &commands {
+        let name = path.join(" ");
+        // The first line says what it does.
+        assert!(
+            help.lines()
+                .next()
+                .is_some_and(|l| l.split_whitespace().count() >= 3),
+            "{name:?} says nothing:\n{help}"
+        );
+        let runnable = example(help).is_some_and(|e| {
+            e.starts_with(&format!("shardflow {name}").trim_end().to_string())
+                || (path.is_empty() && e.starts_with("shardflow "))
+                || (name == "demo" && e.starts_with("cargo run --release -- demo"))
+        });
+        // `-h` shows the same example.
+        if !runnable || example(short) != example(help) {
+            missing_example.push(name.clone());
+        }
+        let leaf = subcommands(help).is_empty();
+        let takes_json = help.lines().any(|l| l.trim_start().starts_with("--json"));
+        if leaf && !takes_json {
+            missing_json.push(name);
+        }
+    }
+    assert!(
+        missing_example.is_empty(),
+        "--help without an example of itself: {missing_example:?}"
+    );
+    assert!(
+        missing_json.is_empty(),
+        "commands without --json: {missing_json:?}"
+    );
 }
 
 // Proves a malformed workflow id is refused by every workflow command
@@ -345,26 +450,5 @@ fn malformed_workflow_ids_are_refused_before_any_network() {
             );
             assert!(output.stdout.is_empty());
         }
-    }
-}
-
-// Proves every workflow command's --help says what it does with an example.
-#[test]
-fn workflow_help_texts_show_an_example() {
-    for command in ["", "list", "show", "watch", "cancel", "resume"] {
-        let mut args = vec!["workflow"];
-        args.extend([command].into_iter().filter(|c| !c.is_empty()));
-        args.push("--help");
-        let output = shardflow(&args);
-        let help = text(&output.stdout);
-        assert!(
-            output.status.success(),
-            "{args:?}: {}",
-            text(&output.stderr)
-        );
-        assert!(
-            help.contains("Example: shardflow workflow"),
-            "{args:?}:\n{help}"
-        );
     }
 }

@@ -1,11 +1,14 @@
-//! `shardflow workflow list|show|watch|cancel` run as an operator runs
-//! them, against a one-node cluster in this process whose engine drives a
-//! small test workflow (`Gate` waits for the test or a cancel; `Finish`
-//! journals a measured figure). Checks the tables, the JSON, the streamed
-//! events of `watch` and its exit codes (0 only on `Completed`).
+//! `shardflow workflow list|show|watch|cancel|resume` run as an operator
+//! runs them, against a one-node cluster in this process whose engine
+//! drives small test workflows (`Gate` waits for the test or a cancel;
+//! `Finish` journals a measured figure; `Commit` crosses the point of no
+//! return and `Apply` fails until the test lets it, so the workflow
+//! pauses). Checks the tables, the JSON, the streamed events of `watch`
+//! and its exit codes (0 only on `Completed`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,6 +77,60 @@ impl Step<()> for Finish {
     }
 }
 
+/// Pauses: `Commit` crosses the point of no return, then `Apply` fails
+/// terminally until the flag is set.
+struct Stuck(Arc<AtomicBool>);
+
+impl Workflow for Stuck {
+    type Input = ();
+    const KIND: &'static str = "test.stuck";
+
+    fn steps(&self) -> Vec<Arc<dyn Step<()>>> {
+        vec![Arc::new(Commit), Arc::new(Apply(self.0.clone()))]
+    }
+}
+
+struct Commit;
+
+#[async_trait]
+impl Step<()> for Commit {
+    fn name(&self) -> &'static str {
+        "Commit"
+    }
+
+    fn is_point_of_no_return(&self) -> bool {
+        true
+    }
+
+    async fn run(&self, _ctx: &StepContext<()>) -> Result<Vec<u8>, StepError> {
+        Ok(Vec::new())
+    }
+
+    async fn compensate(&self, _ctx: &StepContext<()>) -> Result<(), StepError> {
+        Ok(())
+    }
+}
+
+struct Apply(Arc<AtomicBool>);
+
+#[async_trait]
+impl Step<()> for Apply {
+    fn name(&self) -> &'static str {
+        "Apply"
+    }
+
+    async fn run(&self, _ctx: &StepContext<()>) -> Result<Vec<u8>, StepError> {
+        match self.0.load(Ordering::SeqCst) {
+            true => Ok(Vec::new()),
+            false => Err(StepError::terminal("the disk is full")),
+        }
+    }
+
+    async fn compensate(&self, _ctx: &StepContext<()>) -> Result<(), StepError> {
+        Ok(())
+    }
+}
+
 /// Runs `shardflow ARGS --cluster ADDR --certs DIR` off the async runtime.
 async fn cli(args: &[&str], addr: &str, certs: &Path) -> Result<Output, std::io::Error> {
     let mut command = Command::new(BIN);
@@ -106,6 +163,13 @@ struct OneNode {
 }
 
 async fn one_node(gate: &watch::Sender<bool>) -> Result<OneNode, Box<dyn std::error::Error>> {
+    one_node_with(gate, Arc::new(AtomicBool::new(false))).await
+}
+
+async fn one_node_with(
+    gate: &watch::Sender<bool>,
+    unstuck: Arc<AtomicBool>,
+) -> Result<OneNode, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
     write_cluster_certs(&certs, &[1])?;
@@ -117,6 +181,7 @@ async fn one_node(gate: &watch::Sender<bool>) -> Result<OneNode, Box<dyn std::er
     );
     let node = Node::start(config).await?;
     node.engine().register(Gated(gate.clone()));
+    node.engine().register(Stuck(unstuck));
     node.resume_workflows().await?;
     let addr = node.local_addr().to_string();
     let client = Client::from_certs_dir(&certs, ClientConfig::new(vec![addr.clone()]))?;
@@ -129,6 +194,21 @@ async fn one_node(gate: &watch::Sender<bool>) -> Result<OneNode, Box<dyn std::er
         certs,
         _dir: dir,
     })
+}
+
+/// Waits until the engine reports `id` paused.
+async fn wait_paused(node: &Node, id: WorkflowId) -> TestResult {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let status = node.engine().status(id).await?;
+        if status.phase.label() == "Paused" {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{id} never paused: {status:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits until the engine reports `id` inside step `step`.
@@ -265,6 +345,93 @@ async fn operator_lists_shows_watches_and_cancels() -> TestResult {
     assert_eq!(
         stderr(&missing).trim(),
         "error: refused: workflow wf-1-99 does not exist (node 1 has no such workflow)"
+    );
+    cluster.node.shutdown().await;
+    Ok(())
+}
+
+// Proves `resume --json` and `cancel --json` answer with what was asked: a
+// workflow paused after its point of no return is resumed (journaled with
+// --by) and completes, a second resume is refused with one line and no
+// JSON, and a cancel of a running workflow aborts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_and_cancel_answer_in_json() -> TestResult {
+    let gate = watch::channel(false).0;
+    let unstuck = Arc::new(AtomicBool::new(false));
+    let cluster = one_node_with(&gate, unstuck.clone()).await?;
+    let (addr, certs) = (cluster.addr.as_str(), cluster.certs.as_path());
+
+    let stuck = cluster.node.engine().submit::<Stuck>(()).await?;
+    wait_paused(&cluster.node, stuck).await?;
+    let id = stuck.to_string();
+    let shown = cli(&["workflow", "show", &id, "--json"], addr, certs).await?;
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout)?;
+    assert_eq!(shown["workflow"]["phase"], "Paused", "{shown}");
+
+    unstuck.store(true, Ordering::SeqCst);
+    // The engine reports Paused a moment before its driver task ends, and
+    // refuses a resume until then.
+    let deadline = Instant::now() + DEADLINE;
+    let resumed = loop {
+        let args = ["workflow", "resume", &id, "--by", "ops", "--json"];
+        let output = cli(&args, addr, certs).await?;
+        if output.status.success() || Instant::now() >= deadline {
+            break output;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let answer: serde_json::Value = serde_json::from_slice(&resumed.stdout)?;
+    assert_eq!(
+        answer,
+        serde_json::json!({ "id": id, "requested": "resume", "by": "ops" })
+    );
+    let done = cli(&["workflow", "watch", &id, "--json"], addr, certs).await?;
+    assert!(done.status.success(), "{}", stderr(&done));
+    let events: Vec<serde_json::Value> = stdout(&done)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "ResumeRequested" && e["detail"] == "by ops"),
+        "{}",
+        stdout(&done)
+    );
+    assert_eq!(
+        events.last().map(|e| e["phase"].clone()),
+        Some(serde_json::json!("Completed")),
+        "{}",
+        stdout(&done)
+    );
+    let again = cli(&["workflow", "resume", &id, "--json"], addr, certs).await?;
+    assert_eq!(again.status.code(), Some(1));
+    assert!(again.stdout.is_empty());
+    let line = stderr(&again);
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(line.starts_with("error: refused: "), "{line}");
+
+    let running = cluster.node.engine().submit::<Gated>(()).await?;
+    wait_in_step(&cluster.node, running, "Gate").await?;
+    let id = running.to_string();
+    let cancel = cli(
+        &["workflow", "cancel", &id, "--by", "ops", "--json"],
+        addr,
+        certs,
+    )
+    .await?;
+    assert!(cancel.status.success(), "{}", stderr(&cancel));
+    let answer: serde_json::Value = serde_json::from_slice(&cancel.stdout)?;
+    assert_eq!(
+        answer,
+        serde_json::json!({ "id": id, "requested": "cancel", "by": "ops" })
+    );
+    let watched = cli(&["workflow", "watch", &id], addr, certs).await?;
+    assert_eq!(watched.status.code(), Some(1));
+    assert_eq!(
+        stderr(&watched).trim(),
+        format!("error: workflow {id} ended Aborted: cancelled by ops")
     );
     cluster.node.shutdown().await;
     Ok(())

@@ -41,23 +41,24 @@ pub enum Command {
     /// Prints `node N listening on ADDR` once serving; logs go to stderr
     /// (RUST_LOG, default info). Restarted with the same --data, the node
     /// rejoins with its data.
-    ///
-    /// Example: shardflow node --id 1 --listen 127.0.0.1:7001 --data /var/lib/shardflow/n1 --certs ./certs
-    ///   (or: shardflow node --config /etc/shardflow/node.toml)
+    #[command(
+        after_help = "Example: shardflow node --id 1 --listen 127.0.0.1:7001 --data /var/lib/shardflow/n1 --certs ./certs\n  (or: shardflow node --config /etc/shardflow/node.toml)"
+    )]
     Node(NodeArgs),
     /// Cluster administration: certificates, bootstrap, membership, status.
-    ///
-    /// Example: shardflow cluster status --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow cluster status --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     #[command(subcommand)]
     Cluster(ClusterCommand),
     /// Write, read, delete and scan keys.
-    ///
-    /// Example: shardflow kv get user:1 --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow kv get user:1 --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     #[command(subcommand)]
     Kv(KvCommand),
     /// Print the vShard (0..1024) a key belongs to; no cluster needed.
-    ///
-    /// Example: shardflow vshard-of user:1
+    #[command(after_help = "Example: shardflow vshard-of user:1")]
     VshardOf {
         /// The key.
         key: String,
@@ -65,35 +66,41 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Operate the workflows (migrations) of a running cluster: list, show,
-    /// watch, cancel, resume. Any node answers for any workflow.
+    /// Operate the workflows (migrations) of a running cluster.
     ///
-    /// Example: shardflow workflow list --cluster 127.0.0.1:7001 --certs ./certs
+    /// List, show, watch, cancel, resume. Any node answers for any workflow.
+    #[command(
+        after_help = "Example: shardflow workflow list --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     #[command(subcommand)]
     Workflow(WorkflowCommand),
-    /// Start a migration: move a vShard to another group, or a group's
-    /// replica to another node. Prints the workflow id; with --wait, shows
-    /// its progress and exits 0 only if it completes.
+    /// Start a migration: a vShard to another group, a replica to another node.
     ///
-    /// Example: shardflow migrate vshard 17 --to-group 2 --wait --cluster 127.0.0.1:7001 --certs ./certs
+    /// Prints the workflow id; with --wait, shows its progress and exits 0
+    /// only if it completes.
+    #[command(
+        after_help = "Example: shardflow migrate vshard 17 --to-group 2 --wait --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     #[command(subcommand)]
     Migrate(MigrateCommand),
     /// Audit a stopped node's workflow journal (no cluster needed).
-    ///
-    /// Example: shardflow journal verify --data /var/lib/shardflow/n1
+    #[command(after_help = "Example: shardflow journal verify --data /var/lib/shardflow/n1")]
     #[command(subcommand)]
     Journal(JournalCommand),
-    /// Run the whole story in one process and verify it: a 3-node cluster
-    /// (real QUIC and redb) with 4 data groups, 100,000 keys loaded, a
-    /// vShard moved under live writes while the node driving it is stopped
-    /// and restarted in CatchUp, a replica moved to a 4th node, then the
-    /// audit timelines and a verification summary (acknowledged writes,
-    /// keys lost, duplicates, owners per vShard, write pause).
+    /// Run the whole story in one process and verify it (about a minute).
+    ///
+    /// A 3-node cluster (real QUIC and redb) with 4 data groups, 100,000
+    /// keys loaded, a vShard moved under live writes while the node driving
+    /// it is stopped and restarted in CatchUp, a replica moved to a 4th
+    /// node, then the audit timelines and a verification summary
+    /// (acknowledged writes, keys lost, duplicates, owners per vShard,
+    /// write pause).
     ///
     /// Exits 0 only if everything verified; the last line starts with
     /// `verified:`. Takes about a minute in a release build.
-    ///
-    /// Example: cargo run --release -- demo   (or: shardflow demo --keys 20000 --data ./demo-data)
+    #[command(
+        after_help = "Example: cargo run --release -- demo   (or: shardflow demo --keys 20000 --data ./demo-data)"
+    )]
     Demo(DemoArgs),
     /// Measure this machine's limits and a 3-node loopback cluster against them.
     ///
@@ -103,8 +110,7 @@ pub enum Command {
     /// foreground throughput), the engine's step overhead and replay rate,
     /// and a driver restart; the ratios against the targets. Progress on
     /// stderr. Build with --release; a default run takes a few minutes.
-    ///
-    /// Example: shardflow bench --json --keys 10000 --value-bytes 1000
+    #[command(after_help = "Example: shardflow bench --json --keys 10000 --value-bytes 1000")]
     Bench(BenchArgs),
 }
 
@@ -195,6 +201,9 @@ pub struct NodeArgs {
     /// requests) before deleting it, in ms [default: 60000].
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
     pub ghost_ttl_ms: Option<u64>,
+    /// Print the ready line as JSON, {"node": N, "listening": "ADDR"}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the cluster is and how to authenticate to it.
@@ -219,8 +228,7 @@ pub enum ClusterCommand {
     /// client.pem, client.key. On a directory that already holds a CA, only
     /// the missing certificates are issued, from that CA; no file is ever
     /// overwritten.
-    ///
-    /// Example: shardflow cluster certs --out ./certs --nodes 1,2,3
+    #[command(after_help = "Example: shardflow cluster certs --out ./certs --nodes 1,2,3")]
     Certs {
         /// Directory to write to (created if missing).
         #[arg(long)]
@@ -236,8 +244,9 @@ pub enum ClusterCommand {
     ///
     /// Spreads the 1024 vShards evenly over --groups data groups of
     /// --replicas members each. Refused on a cluster already bootstrapped.
-    ///
-    /// Example: shardflow cluster bootstrap --node 1=127.0.0.1:7001 --node 2=127.0.0.1:7002 --node 3=127.0.0.1:7003 --groups 3 --replicas 3 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow cluster bootstrap --node 1=127.0.0.1:7001 --node 2=127.0.0.1:7002 --node 3=127.0.0.1:7003 --groups 3 --replicas 3 --certs ./certs"
+    )]
     Bootstrap {
         /// A node of the new cluster, N=HOST:PORT; repeat for each node.
         #[arg(long = "node", required = true)]
@@ -259,8 +268,9 @@ pub enum ClusterCommand {
         json: bool,
     },
     /// Register a node started after the bootstrap, so replicas can move to it.
-    ///
-    /// Example: shardflow cluster add-node 4=127.0.0.1:7004 --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow cluster add-node 4=127.0.0.1:7004 --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     AddNode {
         /// The node, N=HOST:PORT.
         node: String,
@@ -271,8 +281,9 @@ pub enum ClusterCommand {
         json: bool,
     },
     /// Forget a node; refused while it still holds a replica.
-    ///
-    /// Example: shardflow cluster remove-node 4 --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow cluster remove-node 4 --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     RemoveNode {
         /// The node id.
         id: u64,
@@ -283,8 +294,9 @@ pub enum ClusterCommand {
         json: bool,
     },
     /// Show nodes, groups (leader, members, vShards, epochs), merged from every node's view.
-    ///
-    /// Example: shardflow cluster status --cluster 127.0.0.1:7001 --certs ./certs --json
+    #[command(
+        after_help = "Example: shardflow cluster status --cluster 127.0.0.1:7001 --certs ./certs --json"
+    )]
     Status {
         #[command(flatten)]
         cluster: ClusterArgs,
@@ -297,8 +309,9 @@ pub enum ClusterCommand {
 #[derive(Subcommand)]
 pub enum KvCommand {
     /// Write VALUE under KEY.
-    ///
-    /// Example: shardflow kv put user:1 alice --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow kv put user:1 alice --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     Put {
         key: String,
         value: String,
@@ -309,8 +322,9 @@ pub enum KvCommand {
         json: bool,
     },
     /// Print the value of KEY (linearizable read); exit 1 if it is absent.
-    ///
-    /// Example: shardflow kv get user:1 --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow kv get user:1 --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     Get {
         key: String,
         #[command(flatten)]
@@ -320,8 +334,9 @@ pub enum KvCommand {
         json: bool,
     },
     /// Delete KEY (deleting an absent key succeeds).
-    ///
-    /// Example: shardflow kv delete user:1 --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow kv delete user:1 --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     Delete {
         key: String,
         #[command(flatten)]
@@ -334,8 +349,9 @@ pub enum KvCommand {
     ///
     /// Output is one `KEY<TAB>VALUE` line per pair (non-UTF-8 bytes as 0x..
     /// hex), in vShard order then key order.
-    ///
-    /// Example: shardflow kv scan --vshard 174 --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow kv scan --vshard 174 --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     Scan {
         /// Only this vShard (0..1024).
         #[arg(long)]
@@ -354,8 +370,7 @@ pub enum KvCommand {
 #[derive(Subcommand)]
 pub enum JournalCommand {
     /// Print each workflow's timeline: steps, attempts, durations, how it ended.
-    ///
-    /// Example: shardflow journal replay --data /var/lib/shardflow/node-1
+    #[command(after_help = "Example: shardflow journal replay --data /var/lib/shardflow/node-1")]
     Replay {
         /// The node's data directory (holds journal.redb).
         #[arg(long)]
@@ -368,8 +383,7 @@ pub enum JournalCommand {
         json: bool,
     },
     /// Check every hash chain and replay rule; name the first bad event.
-    ///
-    /// Example: shardflow journal verify --data /var/lib/shardflow/node-1
+    #[command(after_help = "Example: shardflow journal verify --data /var/lib/shardflow/node-1")]
     Verify {
         /// The node's data directory (holds journal.redb).
         #[arg(long)]
@@ -387,8 +401,9 @@ pub enum WorkflowCommand {
     ///
     /// A node that does not answer is named below the table; the command
     /// fails only if no node answers.
-    ///
-    /// Example: shardflow workflow list --all --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow workflow list --all --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     List {
         /// Include completed and aborted workflows.
         #[arg(long)]
@@ -402,8 +417,9 @@ pub enum WorkflowCommand {
     /// Show one workflow: its phase and steps, every event with its time,
     /// step and attempt, and the figures its steps measured (e.g. the write
     /// pause of a cut-over).
-    ///
-    /// Example: shardflow workflow show wf-2-7 --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow workflow show wf-2-7 --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     Show {
         /// The workflow id, wf-<node>-<serial>.
         id: String,
@@ -415,8 +431,9 @@ pub enum WorkflowCommand {
     },
     /// Print a workflow's events as they are journaled until it completes,
     /// aborts or pauses. Exits 0 only if it completes.
-    ///
-    /// Example: shardflow workflow watch wf-2-7 --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow workflow watch wf-2-7 --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     Watch {
         /// The workflow id, wf-<node>-<serial>.
         id: String,
@@ -432,8 +449,9 @@ pub enum WorkflowCommand {
     /// Ask a workflow to cancel. Before its point of no return it stops at
     /// the next step boundary and compensates (ends Aborted); after it, it
     /// rolls forward. Refused if it already ended.
-    ///
-    /// Example: shardflow workflow cancel wf-2-7 --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow workflow cancel wf-2-7 --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     Cancel {
         /// The workflow id, wf-<node>-<serial>.
         id: String,
@@ -442,11 +460,15 @@ pub enum WorkflowCommand {
         by: Option<String>,
         #[command(flatten)]
         cluster: ClusterArgs,
+        /// Print JSON ({"id", "requested", "by"}) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Drive a Paused workflow again, with fresh retry budgets. Refused
     /// unless it is paused.
-    ///
-    /// Example: shardflow workflow resume wf-2-7 --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow workflow resume wf-2-7 --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     Resume {
         /// The workflow id, wf-<node>-<serial>.
         id: String,
@@ -455,6 +477,9 @@ pub enum WorkflowCommand {
         by: Option<String>,
         #[command(flatten)]
         cluster: ClusterArgs,
+        /// Print JSON ({"id", "requested", "by"}) instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -466,8 +491,9 @@ pub enum MigrateCommand {
     /// Refused, changing nothing: a vShard outside 0..1024, an unknown
     /// group, the group that owns it, a vShard already migrating, a cluster
     /// at its limit of concurrent migrations.
-    ///
-    /// Example: shardflow migrate vshard 17 --to-group 2 --pause-budget-ms 500 --wait --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow migrate vshard 17 --to-group 2 --pause-budget-ms 500 --wait --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     Vshard {
         /// The vShard (0..1024); `shardflow vshard-of KEY` names a key's.
         vshard: u64,
@@ -492,8 +518,9 @@ pub enum MigrateCommand {
     ///
     /// Refused, changing nothing: an unknown group or node, N without a
     /// replica of G, M with one.
-    ///
-    /// Example: shardflow migrate replica --group 1 --from 3 --to 4 --wait --cluster 127.0.0.1:7001 --certs ./certs
+    #[command(
+        after_help = "Example: shardflow migrate replica --group 1 --from 3 --to 4 --wait --cluster 127.0.0.1:7001 --certs ./certs"
+    )]
     Replica {
         /// The group.
         #[arg(long)]

@@ -172,6 +172,7 @@ mod tests {
             copy_rate: None,
             pause_budget_ms: None,
             ghost_ttl_ms: None,
+            json: false,
         }
     }
 

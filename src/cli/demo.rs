@@ -139,7 +139,7 @@ fn checks(report: &DemoReport) -> Vec<(&'static str, String)> {
         "driver restart",
         match &moved.restart {
             Some(restart) => format!(
-                "node {} stopped in {} (round {}), back after {:.1}s; {} resumed, driver epoch {}",
+                "node {} stopped in {} ({} rounds checkpointed), back after {:.1}s; {} resumed, driver epoch {}",
                 restart.node,
                 restart.step,
                 restart.catch_up_rounds,

@@ -2,8 +2,9 @@
 //! shuts it down cleanly.
 //!
 //! Installs the migration workflows (`steps::launcher`) before resuming
-//! the journal. Prints exactly one line on stdout, `node N listening on ADDR`, once the
-//! node serves and has resumed every unfinished workflow of its journal
+//! the journal. Prints exactly one line on stdout, `node N listening on
+//! ADDR` (with `--json`, `{"node": N, "listening": "ADDR"}`), once the node
+//! serves and has resumed every unfinished workflow of its journal
 //! (scripts and tests wait for it); logs go to stderr through tracing,
 //! filtered by `RUST_LOG` (default `info`).
 //!
@@ -21,6 +22,7 @@ use super::{config, parse, runtime, CliError, Output};
 
 pub fn run(args: NodeArgs) -> Result<Output, CliError> {
     shardflow::steps::failpoint::setup_from_env(); // FAILPOINTS, SHARDFLOW_FAILPOINTS (test builds)
+    let json = args.json;
     let settings = config::resolve(args)?;
     let listen = parse::listen_addr(&settings.listen)?;
     if !settings.certs.is_dir() {
@@ -40,10 +42,10 @@ pub fn run(args: NodeArgs) -> Result<Output, CliError> {
         default_pause_budget_ms: settings.pause_budget_ms,
     };
     config.migration.ghost_ttl = Duration::from_millis(settings.ghost_ttl_ms);
-    runtime()?.block_on(serve(config))
+    runtime()?.block_on(serve(config, json))
 }
 
-async fn serve(config: NodeConfig) -> Result<Output, CliError> {
+async fn serve(config: NodeConfig, json: bool) -> Result<Output, CliError> {
     let signal_error = |source| CliError::Io {
         what: "install signal handlers",
         source,
@@ -59,7 +61,13 @@ async fn serve(config: NodeConfig) -> Result<Output, CliError> {
         node.shutdown().await;
         return Err(error.into());
     }
-    println!("node {} listening on {}", node.id(), node.local_addr());
+    match json {
+        true => println!(
+            "{}",
+            serde_json::json!({ "node": node.id(), "listening": node.local_addr().to_string() })
+        ),
+        false => println!("node {} listening on {}", node.id(), node.local_addr()),
+    }
     let received = tokio::select! {
         _ = terminate.recv() => "SIGTERM",
         _ = interrupt.recv() => "SIGINT",

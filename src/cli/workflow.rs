@@ -31,8 +31,18 @@ pub fn run(command: WorkflowCommand) -> Result<Output, CliError> {
             cluster,
             json,
         } => watch(&id, Duration::from_secs(max_wait_secs), &cluster, json),
-        WorkflowCommand::Cancel { id, by, cluster } => cancel(&id, by, &cluster),
-        WorkflowCommand::Resume { id, by, cluster } => resume(&id, by, &cluster),
+        WorkflowCommand::Cancel {
+            id,
+            by,
+            cluster,
+            json,
+        } => request(Request::Cancel, &id, by, &cluster, json),
+        WorkflowCommand::Resume {
+            id,
+            by,
+            cluster,
+            json,
+        } => request(Request::Resume, &id, by, &cluster, json),
     }
 }
 
@@ -275,27 +285,57 @@ fn summary(state: &WorkflowState) -> String {
     )
 }
 
-fn cancel(id: &str, by: Option<String>, args: &ClusterArgs) -> Result<Output, CliError> {
+/// What `cancel` and `resume` ask of a workflow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Request {
+    Cancel,
+    Resume,
+}
+
+impl Request {
+    fn name(self) -> &'static str {
+        match self {
+            Request::Cancel => "cancel",
+            Request::Resume => "resume",
+        }
+    }
+}
+
+/// Sends a cancel or resume request; the node driving the workflow
+/// journals it (with `by`) before answering.
+fn request(
+    what: Request,
+    id: &str,
+    by: Option<String>,
+    args: &ClusterArgs,
+    json: bool,
+) -> Result<Output, CliError> {
     let id = parse::workflow_id(id)?;
     let by = by.unwrap_or_else(operator);
+    let asked = by.clone();
     with_client(args, |client| async move {
-        client.workflow_cancel(id, &by).await?;
-        Ok(Output::Text(format!(
-            "cancel of {id} requested: before its point of no return it stops and \
-             compensates (follow it with `shardflow workflow watch {id}`)"
-        )))
+        match what {
+            Request::Cancel => client.workflow_cancel(id, &asked).await?,
+            Request::Resume => client.workflow_resume(id, &asked).await?,
+        }
+        Ok(())
+    })?;
+    Ok(match json {
+        true => Output::Json(json!({ "id": id.to_string(), "requested": what.name(), "by": by })),
+        false => Output::Text(request_line(what, &id.to_string())),
     })
 }
 
-fn resume(id: &str, by: Option<String>, args: &ClusterArgs) -> Result<Output, CliError> {
-    let id = parse::workflow_id(id)?;
-    let by = by.unwrap_or_else(operator);
-    with_client(args, |client| async move {
-        client.workflow_resume(id, &by).await?;
-        Ok(Output::Text(format!(
-            "{id} resumed (follow it with `shardflow workflow watch {id}`)"
-        )))
-    })
+fn request_line(what: Request, id: &str) -> String {
+    match what {
+        Request::Cancel => format!(
+            "cancel of {id} requested: before its point of no return it stops and \
+             compensates (follow it with `shardflow workflow watch {id}`)"
+        ),
+        Request::Resume => {
+            format!("{id} resumed (follow it with `shardflow workflow watch {id}`)")
+        }
+    }
 }
 
 /// Who runs the command, for the journal: `$USER`, else `operator`.

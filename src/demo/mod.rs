@@ -634,8 +634,9 @@ async fn pick_leaving(client: &Client, group: u64, members: &[u64]) -> u64 {
 
 /// Follows workflow `id` until it settles, or [`MIGRATION_DEADLINE`] has
 /// passed (then returns its unsettled state). With `writers`, stops the
-/// driving node as soon as the workflow is seen in CatchUp with a round
-/// checkpointed, switches the writers to light mode (so the lag can
+/// driving node as soon as the workflow is seen with a CatchUp attempt in
+/// flight (whether or not a round is checkpointed yet: on a loaded machine
+/// the backlog can be one short round), switches the writers to light mode (so the lag can
 /// shrink) and starts the node again.
 async fn follow(
     cluster: &mut EmbeddedCluster,
@@ -666,9 +667,13 @@ async fn follow(
                 let figures = progress(&state);
                 let rounds = figures.catch_up_rounds;
                 let node = id.node;
+                let done = match (rounds, figures.lag) {
+                    (0, _) | (_, None) => "no round checkpointed yet".to_string(),
+                    (1, Some(lag)) => format!("1 round checkpointed, lag {lag} changes"),
+                    (_, Some(lag)) => format!("{rounds} rounds checkpointed, lag {lag} changes"),
+                };
                 observer.say(&format!(
-                    "{id} is in {step} ({rounds} rounds checkpointed, lag {} changes): stopping node {node}, which drives it",
-                    figures.lag.unwrap_or_default()
+                    "{id} is in {step} ({done}): stopping node {node}, which drives it"
                 ));
                 let stopped = Instant::now();
                 cluster.stop_node(node).await?;
@@ -699,12 +704,11 @@ async fn follow(
     }
 }
 
-/// `Some("CatchUp")` while a forward attempt of CatchUp is in flight and
-/// has checkpointed a round.
+/// `Some("CatchUp")` while a forward attempt of CatchUp is in flight.
 fn in_catch_up(state: &WorkflowState) -> Option<String> {
     let in_flight = state.in_flight.filter(|f| !f.compensation)?;
     let step = state.steps.get(in_flight.index)?;
-    (step.name == "CatchUp" && step.checkpoints > 0).then(|| step.name.clone())
+    (step.name == "CatchUp").then(|| step.name.clone())
 }
 
 /// Where an unsettled workflow stands: its phase, step and the step's
