@@ -18,6 +18,11 @@ use crate::state::{Failure, InFlight, Phase, StepRecord, StepStatus, WorkflowSta
 /// settle an instance (`Paused`, the failure that led to it).
 pub const RESERVED_EVENTS: u64 = 4;
 
+/// The error journaled for an attempt whose driver stopped before its
+/// outcome was journaled (a crash, a restart, a shutdown).
+pub const INTERRUPTED: &str =
+    "attempt interrupted: its driver stopped before the outcome was journaled";
+
 /// One step as the decision logic sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StepPlan {
@@ -128,7 +133,7 @@ pub fn compensation_outcome(
 
 fn interrupted(state: &WorkflowState, in_flight: InFlight) -> Event {
     let step = state.steps[in_flight.index].name.clone();
-    let error = "attempt interrupted: its driver stopped before the outcome was journaled".into();
+    let error = INTERRUPTED.to_string();
     if in_flight.compensation {
         Event::CompensationFailed {
             step,
@@ -181,7 +186,13 @@ fn decide_forward(plan: &Plan, state: &WorkflowState) -> Decision {
             Decision::Run {
                 index,
                 attempt: record.attempts + 1,
-                delay: policy.backoff(state.id, &record.name, record.budget_attempts() + 1),
+                delay: retry_delay(
+                    policy,
+                    state,
+                    &record.name,
+                    failure,
+                    record.budget_attempts() + 1,
+                ),
             }
         }
         Some(failure) => give_up(state, record, failure),
@@ -232,7 +243,7 @@ fn decide_compensation(plan: &Plan, state: &WorkflowState, reason: &str) -> Deci
             Decision::Compensate {
                 index,
                 attempt: record.compensation_attempts + 1,
-                delay: policy.backoff(state.id, &record.name, next),
+                delay: retry_delay(policy, state, &record.name, failure, next),
             }
         }
         Some(failure) => Decision::Append(vec![Event::Paused {
@@ -243,6 +254,25 @@ fn decide_compensation(plan: &Plan, state: &WorkflowState, reason: &str) -> Deci
                 failure.error
             ),
         }]),
+    }
+}
+
+/// The wait before retrying after `failure`: none when the attempt was only
+/// interrupted (its driver stopped; the step did not fail, so there is
+/// nothing to back off from, and a restarted driver resumes at once), the
+/// policy's backoff otherwise. An interrupted attempt still counts against
+/// the retry budget, so a step that keeps killing its driver ends.
+fn retry_delay(
+    policy: &RetryPolicy,
+    state: &WorkflowState,
+    step: &str,
+    failure: &Failure,
+    next_attempt: u32,
+) -> Duration {
+    if failure.retryable && failure.error == INTERRUPTED {
+        Duration::ZERO
+    } else {
+        policy.backoff(state.id, step, next_attempt)
     }
 }
 

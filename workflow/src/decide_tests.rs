@@ -499,8 +499,7 @@ fn resume_from_every_possible_last_event() {
             let expected = Event::StepFailed {
                 step: step.clone(),
                 attempt: *attempt,
-                error: "attempt interrupted: its driver stopped before the outcome was journaled"
-                    .into(),
+                error: INTERRUPTED.into(),
                 retryable: true,
             };
             assert_eq!(decisions[0], Decision::Append(vec![expected]), "cut {cut}");
@@ -518,4 +517,82 @@ fn resume_from_every_possible_last_event() {
             "cut {cut}"
         );
     }
+}
+
+// Proves an attempt interrupted by a driver restart is retried at once (no
+// backoff: the step did not fail), still counts against the retry budget,
+// and that a step's own retryable failure after it is backed off as before.
+#[test]
+fn interrupted_attempt_is_retried_without_backoff() {
+    let mut reference = Sim::submit(abc());
+    reference.push(Event::StepStarted {
+        step: "a".into(),
+        attempt: 1,
+    });
+    let mut sim = Sim::from_journal(reference.plan.clone(), reference.journal.clone());
+    let interrupted = Event::StepFailed {
+        step: "a".into(),
+        attempt: 1,
+        error: INTERRUPTED.into(),
+        retryable: true,
+    };
+    assert_eq!(
+        decide(&sim.plan, &sim.state),
+        Decision::Append(vec![interrupted.clone()])
+    );
+    sim.push(interrupted);
+    assert_eq!(decide(&sim.plan, &sim.state), run(0, 2));
+    assert_eq!(sim.state.steps[0].budget_attempts(), 1, "still counted");
+
+    // The retried attempt fails on its own: that one is backed off.
+    sim.push(Event::StepStarted {
+        step: "a".into(),
+        attempt: 2,
+    });
+    let error = StepError::retryable("leader changed");
+    for event in step_outcome(&sim.plan, &sim.state, 0, 2, Err(error)) {
+        sim.push(event);
+    }
+    let delay = policy(3).backoff(ID, "a", 3);
+    assert!(delay > Duration::ZERO);
+    assert_eq!(
+        decide(&sim.plan, &sim.state),
+        Decision::Run {
+            index: 0,
+            attempt: 3,
+            delay
+        }
+    );
+}
+
+// Proves an interrupted compensation attempt is also retried at once.
+#[test]
+fn interrupted_compensation_is_retried_without_backoff() {
+    let mut reference = Sim::submit(abc());
+    reference.drive(|step, _, compensation| match (step, compensation) {
+        ("b", false) => Err(StepError::terminal("refused")),
+        _ => Ok(()),
+    });
+    let cut = reference
+        .journal
+        .iter()
+        .position(|e| matches!(e.body(), Event::CompensationStepStarted { .. }))
+        .expect("a compensation started");
+    let mut sim = Sim::from_journal(reference.plan.clone(), reference.journal[..=cut].to_vec());
+    let Decision::Append(events) = decide(&sim.plan, &sim.state) else {
+        panic!("the interrupted compensation is journaled first");
+    };
+    assert!(matches!(
+        &events[..],
+        [Event::CompensationFailed { error, retryable: true, .. }] if error == INTERRUPTED
+    ));
+    events.into_iter().for_each(|e| sim.push(e));
+    assert!(matches!(
+        decide(&sim.plan, &sim.state),
+        Decision::Compensate {
+            attempt: 2,
+            delay: Duration::ZERO,
+            ..
+        }
+    ));
 }

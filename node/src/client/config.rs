@@ -31,6 +31,10 @@ pub struct ClientConfig {
     pub backoff_initial: Duration,
     /// Largest backoff between two attempts.
     pub backoff_max: Duration,
+    /// The fixed wait before asking again about a vShard that a migration
+    /// has fenced (no backoff: the fence lasts one cut-over, a bounded write
+    /// pause, and a short poll sees its end within this much).
+    pub fenced_poll: Duration,
     /// Redirects followed in a row before backing off (a leader change in
     /// flight can bounce a request between two nodes).
     pub max_redirects: u32,
@@ -42,7 +46,8 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     /// The defaults: 10 s per call, 3 s per attempt, 1 s to connect, an
-    /// unreachable node tried last for 5 s, 2 s per status query, backoff 25 ms..1 s, 8 redirects,
+    /// unreachable node tried last for 5 s, 2 s per status query, backoff
+    /// 25 ms..1 s, a fenced vShard asked again every 2 ms, 8 redirects,
     /// pages of 512 pairs, 16 vShards scanned at once.
     pub fn new(seeds: Vec<String>) -> Self {
         ClientConfig {
@@ -54,6 +59,7 @@ impl ClientConfig {
             status_timeout: Duration::from_secs(2),
             backoff_initial: Duration::from_millis(25),
             backoff_max: Duration::from_secs(1),
+            fenced_poll: Duration::from_millis(2),
             max_redirects: 8,
             scan_page_pairs: 512,
             scan_concurrency: 16,
@@ -67,11 +73,12 @@ impl ClientConfig {
             self.request_timeout,
             self.attempt_timeout,
             self.connect_timeout,
+            self.fenced_poll,
         ]
         .iter()
         .any(Duration::is_zero)
         {
-            "every timeout must be positive"
+            "every timeout and fenced_poll must be positive"
         } else if self.backoff_initial.is_zero() || self.backoff_max < self.backoff_initial {
             "backoff_initial must be positive and at most backoff_max"
         } else if self.scan_page_pairs == 0 || self.scan_concurrency == 0 {

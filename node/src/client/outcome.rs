@@ -6,7 +6,8 @@
 //! | the expected answer | `Answer` |
 //! | `Redirect{node, addr}` | `Redirect` (follow it) |
 //! | `StaleRouting{vshard, epoch}` | `Stale` (refresh the table, retry) |
-//! | `Retry{reason}` | `Retry` (back off, same node) |
+//! | `Retry{reason}` for a vShard a migration fenced | `Fenced` (ask the same node again shortly, no backoff) |
+//! | any other `Retry{reason}` | `Retry` (back off, same node) |
 //! | `Rejected{reason}` | `Fail(Rejected)` |
 //! | timeout, lost connection, reset stream, server unavailable | `Elsewhere` (back off, next node) |
 //! | permission denied | `Fail(PermissionDenied)` |
@@ -29,6 +30,10 @@ pub(crate) enum Outcome<T> {
     Stale { vshard: u16, epoch: u64 },
     /// Back off and ask the same node again.
     Retry(String),
+    /// The vShard is fenced by a migration's cut-over: ask the same node
+    /// again after a short fixed poll (the fence ends with the cut-over,
+    /// then the node answers `StaleRouting` or serves again).
+    Fenced(String),
     /// The node is unreachable or could not serve: back off, ask the next.
     /// The request may have been applied (an ambiguous outcome).
     Elsewhere(String),
@@ -67,6 +72,9 @@ pub(crate) fn classify_client<T>(
     match response {
         ClientResponse::Redirect { node, addr } => Outcome::Redirect(Peer::new(Some(node), addr)),
         ClientResponse::StaleRouting { vshard, epoch } => Outcome::Stale { vshard, epoch },
+        ClientResponse::Retry { reason } if is_fenced(&reason) => {
+            Outcome::Fenced(format!("{}: {reason}", peer.addr))
+        }
         ClientResponse::Retry { reason } => Outcome::Retry(format!("{} busy: {reason}", peer.addr)),
         ClientResponse::Rejected { reason } => Outcome::Fail(ClientError::Rejected { reason }),
         other => match expect(other) {
@@ -74,6 +82,13 @@ pub(crate) fn classify_client<T>(
             Err(other) => unexpected(peer, &other),
         },
     }
+}
+
+/// Whether a `Retry` reason is a migration's fence: the node answers a
+/// fenced vShard `Retry` with the text of `Rejection::Fenced` (the wire has
+/// no variant of its own for it; a test pins the text).
+fn is_fenced(reason: &str) -> bool {
+    reason.contains(" is fenced by migration ")
 }
 
 /// Classifies a node's answer to an admin request.
@@ -162,6 +177,24 @@ mod tests {
         ));
         let admin = classify_client(&peer(), NodeResponseV1::Admin(AdminResponse::Done), value);
         assert!(matches!(admin, Outcome::Fail(ClientError::Protocol { .. })));
+    }
+
+    #[test]
+    fn a_fenced_vshard_is_polled_not_backed_off() {
+        let rejection = crate::command::Rejection::Fenced {
+            vshard: 7,
+            migration: "1-4".into(),
+        };
+        assert!(matches!(
+            client(ClientResponse::Retry { reason: rejection.to_string() }),
+            Outcome::Fenced(r) if r.ends_with("vShard 7 is fenced by migration 1-4; retry")
+        ));
+        assert!(matches!(
+            client(ClientResponse::Retry {
+                reason: "group 1 is electing a leader".into()
+            }),
+            Outcome::Retry(_)
+        ));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The request loop shared by every call: pick a node, send, classify the
 //! answer ([`super::outcome`]), then answer, follow a redirect, refresh the
-//! routing table, or back off and retry — within one time budget.
+//! routing table, poll a fenced vShard, or back off and retry — within one
+//! time budget.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -83,6 +84,8 @@ impl Aim {
 enum Then {
     Now,
     AfterBackoff,
+    /// After the fixed fenced poll (a migration's cut-over in progress).
+    AfterPoll,
 }
 
 impl Client {
@@ -133,12 +136,14 @@ impl Client {
                 Reaction::Done(answer) => return Ok(answer),
                 Reaction::Continue(then) => then,
             };
-            if let Then::AfterBackoff = then {
-                let delay = backoff.next_delay();
-                match budget.sleep_before_retry(Instant::now(), delay) {
-                    Some(delay) => tokio::time::sleep(delay).await,
-                    None => return Err(budget.exhausted(Instant::now())),
-                }
+            let delay = match then {
+                Then::Now => continue,
+                Then::AfterBackoff => backoff.next_delay(),
+                Then::AfterPoll => config.fenced_poll,
+            };
+            match budget.sleep_before_retry(Instant::now(), delay) {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => return Err(budget.exhausted(Instant::now())),
             }
         }
     }
@@ -197,6 +202,11 @@ impl Client {
                 budget.note(reason);
                 aim.next = Some(peer.clone());
                 Then::AfterBackoff
+            }
+            Outcome::Fenced(reason) => {
+                budget.note(reason);
+                aim.next = Some(peer.clone());
+                Then::AfterPoll
             }
             Outcome::Elsewhere(reason) => {
                 budget.note(reason);

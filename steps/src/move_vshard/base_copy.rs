@@ -2,9 +2,11 @@
 //! (`TrackChanges`), the target starts an `Incoming` copy
 //! (`BeginIncoming`), then the vShard is copied in chunks read on the
 //! source's leader (`export_chunk`) and replicated through the target's
-//! log (`IngestChunk`). The cursor is checkpointed after every chunk, so a
-//! restart resumes the copy instead of restarting it. The lease is renewed
-//! every few chunks; a cancel is honoured between chunks.
+//! log (`IngestChunk`), pipelined: the next chunk is exported, and the
+//! cursor after the previous one checkpointed, while a chunk is ingested.
+//! The cursor is checkpointed after every chunk (once that chunk
+//! committed), so a restart resumes the copy instead of restarting it. The
+//! lease is renewed every few chunks; a cancel is honoured between chunks.
 //!
 //! **Progress.** At the start of the first attempt the source's digest
 //! gives the vShard's size (`total_keys`, `total_bytes`), checkpointed at
@@ -177,14 +179,21 @@ impl Step<MoveVShardInput> for BaseCopy {
             ));
         }
 
+        // The source starts recording changes and the target starts its
+        // `Incoming` copy: two groups, proposed at once.
         let track = DataOp::TrackChanges {
             vshard: input.vshard,
             migration: migration.clone(),
         };
-        let since_index = match shared
-            .propose_ok(from, Command::data(track), key(ctx, "track"))
-            .await?
-        {
+        let begin = DataOp::BeginIncoming {
+            vshard: input.vshard,
+            migration: migration.clone(),
+        };
+        let (tracking, begun) = tokio::join!(
+            shared.propose_ok(from, Command::data(track), key(ctx, "track")),
+            shared.propose_ok(input.to_group, Command::data(begin), key(ctx, "begin")),
+        );
+        let since_index = match tracking? {
             ResponseV1::Tracking { since_index } => since_index,
             other => {
                 return Err(StepError::terminal(format!(
@@ -192,13 +201,7 @@ impl Step<MoveVShardInput> for BaseCopy {
                 )))
             }
         };
-        let begin = DataOp::BeginIncoming {
-            vshard: input.vshard,
-            migration: migration.clone(),
-        };
-        shared
-            .propose_ok(input.to_group, Command::data(begin), key(ctx, "begin"))
-            .await?;
+        begun?;
 
         let mut cursor = match ctx.last_checkpoint() {
             Some(bytes) => CopyCursor::decode(bytes)
@@ -230,66 +233,102 @@ impl Step<MoveVShardInput> for BaseCopy {
         };
         let mut since_renewal = 0u64;
         let mut renewed = Instant::now();
+        let export = |after_key: Option<Vec<u8>>| {
+            shared.api.export_chunk(
+                from,
+                input.vshard,
+                after_key,
+                shared.config.chunk_pairs,
+                chunk_bytes,
+                shared.deadline(),
+            )
+        };
+        // A pipeline of three: while chunk n is ingested through the
+        // target's log, chunk n+1 is exported from the source and the
+        // cursor after chunk n-1 is journaled. Each cursor is checkpointed
+        // only once its chunk committed, so a resume starts at or before
+        // the first chunk not yet ingested (re-ingesting a chunk overwrites
+        // it with the source's newer values; CatchUp replays every change
+        // since `since_index` on top).
+        let mut chunk = export(cursor.after_key.clone())
+            .await
+            .map_err(migration_error)?;
+        let mut unjournaled: Option<Vec<u8>> = None;
         loop {
             if ctx.is_cancelled() {
                 return Err(StepError::Cancelled);
             }
-            let chunk = shared
-                .api
-                .export_chunk(
-                    from,
-                    input.vshard,
-                    cursor.after_key.clone(),
-                    shared.config.chunk_pairs,
-                    chunk_bytes,
-                    shared.deadline(),
-                )
-                .await
-                .map_err(migration_error)?;
             if chunk.migration != migration {
                 return Err(StepError::terminal(format!(
                     "the source tracks migration {}, not {migration}",
                     chunk.migration
                 )));
             }
-            if !chunk.pairs.is_empty() {
-                let last = chunk.pairs.last().map(|(k, _)| k.clone());
-                let bytes: u64 = (chunk.pairs.iter())
-                    .map(|(k, v)| (k.len() + v.len()) as u64)
-                    .sum();
-                let keys = chunk.pairs.len() as u64;
-                if let Some(due) = pacer.due(bytes) {
-                    // Honour the rate limit before sending.
-                    self.wait_until(ctx, due, &mut renewed).await?;
+            let more = chunk.more;
+            if chunk.pairs.is_empty() {
+                if !more {
+                    break;
                 }
-                let ingest = DataOp::IngestChunk {
-                    vshard: input.vshard,
-                    migration: migration.clone(),
-                    pairs: chunk.pairs,
-                };
-                // One key per chunk: the chunk number is in the cursor.
-                let chunk_key = key(ctx, &format!("chunk/{}", cursor.chunks));
-                shared
-                    .propose_ok(input.to_group, Command::data(ingest), chunk_key)
-                    .await?;
-                cursor.after_key = last;
-                cursor.chunks += 1;
-                cursor.keys += keys;
-                cursor.bytes += bytes;
-                ctx.checkpoint(cursor.encode()?).await?;
-                since_renewal += 1;
-                if since_renewal >= shared.config.renew_every_chunks
-                    || renewed.elapsed() >= renew_period(ctx)
-                {
-                    since_renewal = 0;
-                    shared.renew(ctx).await?;
-                    renewed = Instant::now();
-                }
+                chunk = export(cursor.after_key.clone())
+                    .await
+                    .map_err(migration_error)?;
+                continue;
             }
-            if !chunk.more {
-                break;
+            let last = chunk.pairs.last().map(|(k, _)| k.clone());
+            let bytes: u64 = (chunk.pairs.iter())
+                .map(|(k, v)| (k.len() + v.len()) as u64)
+                .sum();
+            let keys = chunk.pairs.len() as u64;
+            if let Some(due) = pacer.due(bytes) {
+                // Honour the rate limit before sending.
+                self.wait_until(ctx, due, &mut renewed).await?;
+            }
+            let ingest = DataOp::IngestChunk {
+                vshard: input.vshard,
+                migration: migration.clone(),
+                pairs: chunk.pairs,
+            };
+            // One key per chunk of an attempt: a resumed attempt re-exports
+            // from its cursor, and its chunks must be ingested, not answered
+            // from an earlier attempt's chunk that may have other bounds.
+            let chunk_key = key(ctx, &format!("chunk/{}/{}", ctx.attempt(), cursor.chunks));
+            let ingested = shared.propose_ok(input.to_group, Command::data(ingest), chunk_key);
+            let next = async {
+                match more {
+                    true => Some(export(last.clone()).await.map_err(migration_error)),
+                    false => None,
+                }
+            };
+            let journaled = async {
+                match unjournaled.take() {
+                    Some(progress) => ctx.checkpoint(progress).await,
+                    None => Ok(()),
+                }
+            };
+            let (ingested, next, journaled) = tokio::join!(ingested, next, journaled);
+            ingested?;
+            journaled?;
+            cursor.after_key = last;
+            cursor.chunks += 1;
+            cursor.keys += keys;
+            cursor.bytes += bytes;
+            unjournaled = Some(cursor.encode()?);
+            since_renewal += 1;
+            if since_renewal >= shared.config.renew_every_chunks
+                || renewed.elapsed() >= renew_period(ctx)
+            {
+                since_renewal = 0;
+                shared.renew(ctx).await?;
+                renewed = Instant::now();
+            }
+            match next {
+                Some(next) => chunk = next?,
+                None => break,
             }
             failpoint!("vshard.copy.between-chunks");
+        }
+        if let Some(progress) = unjournaled {
+            ctx.checkpoint(progress).await?;
         }
         tracing::info!(
             migration,

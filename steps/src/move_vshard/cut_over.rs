@@ -1,10 +1,11 @@
 //! **CutOver**: a last catch-up pass; fence the vShard on the source with
 //! id `(epoch, attempt)` and a deadline (a Raft entry at index f); drain
-//! exactly up to f; compare the digests of source and target; commit
-//! `Transfer` in the metadata group — **the point of no return**, journaled
-//! right after it committed; activate on the target; turn the source copy
-//! into a ghost (`MarkMoved`). The write pause, from the fence applied to
-//! the target activated, is measured and journaled as `write_pause_us`.
+//! exactly up to f; compare the digests of source and target (the
+//! source's taken while the target drains: its copy is frozen from f on);
+//! commit `Transfer` in the metadata group — **the point of no return**,
+//! journaled while the target activates; then turn the source copy into a
+//! ghost (`MarkMoved`). The write pause, from the fence applied to the
+//! target activated, is measured and journaled as `write_pause_us`.
 //!
 //! If the drain would overrun the pause budget before `Transfer`, the step
 //! unfences (its own fence id) and fails retryably: the next attempt
@@ -171,66 +172,79 @@ impl CutOver {
             ))
         };
 
-        // Drain exactly up to the fence: no write is applied after it.
-        let mut after = shared.target_applied(ctx).await?;
-        let base: Option<super::base_copy::BaseCopyOutput> = ctx.output_of("BaseCopy")?;
-        after = after.max(base.map_or(0, |b| b.since_index));
-        let mut round = 0u32;
-        while after < fence_index {
-            if fenced_at.elapsed() > budget {
-                return Err(over_budget("draining").into());
-            }
-            let page = shared
+        // From the fence on the source's copy no longer changes, so its
+        // digest is taken while the target drains; the target's digest once
+        // it has applied every change up to the fence.
+        let source_digest = async {
+            shared
                 .api
-                .changes_after(
-                    from,
-                    input.vshard,
-                    after,
-                    shared.config.changes_per_round,
-                    shared.deadline(),
-                )
+                .digest(from, input.vshard, shared.deadline())
                 .await
-                .map_err(migration_error)?;
-            let complete = (page.changes.len() as u32) < shared.config.changes_per_round;
-            let changes: Vec<_> = (page.changes.into_iter())
-                .filter(|(index, _)| *index <= fence_index)
-                .collect();
-            if let Some(&(last, _)) = changes.last() {
-                round += 1;
-                let apply = DataOp::ApplyChanges {
-                    vshard: input.vshard,
-                    migration: migration.clone(),
-                    changes,
-                };
-                let drain_key = key(ctx, &format!("drain/{}/{}/{round}", fence_id.0, fence_id.1));
-                match shared
-                    .propose_ok(input.to_group, Command::data(apply), drain_key)
-                    .await?
-                {
-                    ResponseV1::ChangesApplied { up_to_index } => after = up_to_index.max(last),
-                    other => {
-                        return Err(
-                            StepError::terminal(format!("ApplyChanges answered {other:?}")).into(),
-                        )
+                .map_err(migration_error)
+        };
+        // Drain exactly up to the fence: no write is applied after it.
+        let drained_target_digest = async {
+            let mut after = shared.target_applied(ctx).await?;
+            let base: Option<super::base_copy::BaseCopyOutput> = ctx.output_of("BaseCopy")?;
+            after = after.max(base.map_or(0, |b| b.since_index));
+            let mut round = 0u32;
+            while after < fence_index {
+                if fenced_at.elapsed() > budget {
+                    return Err(over_budget("draining").into());
+                }
+                let page = shared
+                    .api
+                    .changes_after(
+                        from,
+                        input.vshard,
+                        after,
+                        shared.config.changes_per_round,
+                        shared.deadline(),
+                    )
+                    .await
+                    .map_err(migration_error)?;
+                let complete = (page.changes.len() as u32) < shared.config.changes_per_round;
+                let changes: Vec<_> = (page.changes.into_iter())
+                    .filter(|(index, _)| *index <= fence_index)
+                    .collect();
+                if let Some(&(last, _)) = changes.last() {
+                    round += 1;
+                    let apply = DataOp::ApplyChanges {
+                        vshard: input.vshard,
+                        migration: migration.clone(),
+                        changes,
+                    };
+                    let drain_key =
+                        key(ctx, &format!("drain/{}/{}/{round}", fence_id.0, fence_id.1));
+                    match shared
+                        .propose_ok(input.to_group, Command::data(apply), drain_key)
+                        .await?
+                    {
+                        ResponseV1::ChangesApplied { up_to_index } => after = up_to_index.max(last),
+                        other => {
+                            return Err(StepError::terminal(format!(
+                                "ApplyChanges answered {other:?}"
+                            ))
+                            .into())
+                        }
                     }
                 }
+                if complete && page.applied_index >= fence_index {
+                    // Every change up to the fence is applied.
+                    break;
+                }
             }
-            if complete && page.applied_index >= fence_index {
-                // Every change up to the fence is applied.
-                break;
-            }
-        }
 
-        let source = shared
-            .api
-            .digest(from, input.vshard, shared.deadline())
-            .await
-            .map_err(migration_error)?;
-        let target = shared
-            .api
-            .digest(input.to_group, input.vshard, shared.deadline())
-            .await
-            .map_err(migration_error)?;
+            shared
+                .api
+                .digest(input.to_group, input.vshard, shared.deadline())
+                .await
+                .map_err(migration_error)
+                .map_err(Failed::from)
+        };
+        let (source, target) = tokio::join!(source_digest, drained_target_digest);
+        let source = source?;
+        let target = target?;
         if source.digest != target.digest {
             return Err(StepError::retryable(format!(
                 "digests differ at the fence (index {fence_index}): source {:?}, target {:?}",
@@ -368,24 +382,38 @@ impl Step<MoveVShardInput> for CutOver {
                 Err(Failed::Undecided(error)) => return Err(error),
             };
         failpoint!("vshard.cutover.transferred");
-        ctx.point_of_no_return().await?;
         let input = ctx.input();
         let activate = DataOp::Activate {
             vshard: input.vshard,
             migration: migration_id(ctx),
             epoch,
         };
-        shared
-            .propose_ok(
-                input.to_group,
-                Command::data(activate),
-                key(ctx, "activate"),
-            )
-            .await?;
-        let pause_us = fenced_at.elapsed().as_micros() as u64;
-        ctx.record_metric("write_pause_us", pause_us).await?;
-        self.mark_moved(ctx, from, epoch, &migration_id(ctx))
-            .await?;
+        // `Transfer` committed: the registry decides the roll forward, so
+        // activating need not wait for the journal. `PointOfNoReturn` is
+        // journaled while the target activates (a crash between the two
+        // re-runs this step, which reads the registry and rolls forward).
+        let activated = async {
+            shared
+                .propose_ok(
+                    input.to_group,
+                    Command::data(activate),
+                    key(ctx, "activate"),
+                )
+                .await?;
+            Ok::<_, StepError>(fenced_at.elapsed().as_micros() as u64)
+        };
+        let (crossed, activated) = tokio::join!(ctx.point_of_no_return(), activated);
+        crossed?;
+        let pause_us = activated?;
+        // The source answers `Fenced` until it is a ghost: mark it right
+        // away, journaling the pause meanwhile.
+        let migration = migration_id(ctx);
+        let (recorded, moved) = tokio::join!(
+            ctx.record_metric("write_pause_us", pause_us),
+            self.mark_moved(ctx, from, epoch, &migration),
+        );
+        recorded?;
+        moved?;
         tracing::info!(migration = %migration_id(ctx), epoch, pause_us, "cut over");
         encode_output(&CutOverOutput {
             epoch,
