@@ -172,7 +172,19 @@ impl Cluster {
         };
         let certs = self.certs.clone();
         let node = self.node_mut(id);
-        blocking(|| node.restart_opts(&certs, &opts));
+        if !blocking(|| node.restart_opts(&certs, &opts)) {
+            // An armed failpoint fired while it resumed its workflows:
+            // a crash during recovery. It comes back unarmed.
+            println!("note: n{id} died at its failpoint while restarting; restarted unarmed");
+            let unarmed = SpawnOpts {
+                env: Vec::new(),
+                ..opts
+            };
+            assert!(
+                blocking(|| node.restart_opts(&certs, &unarmed)),
+                "node {id} did not start unarmed"
+            );
+        }
     }
 
     /// Before a killed node comes back: waits (at most 10 s) until groups
