@@ -86,42 +86,6 @@ const POINTS: &[(Kind, &str, u64)] = &[
     (Kind::Replica, "replica.propose.before:Record", 1),
 ];
 
-/// Cells that fail today on a known bug outside the steps (README, "Crash
-/// matrix"): `(kind, failpoint, victim, symptom, bug)`. The full matrix
-/// runs them and reports `XFAIL` when they fail with that symptom (`XPASS`
-/// if they pass: then take them off this list); the CI subset skips them.
-const KNOWN: &[(Kind, &str, Victim, &str, &str)] = &[
-    (
-        Kind::Replica,
-        "replica.membership.before:change_membership",
-        Victim::Target,
-        "never settled on members",
-        NODE4_RESTART,
-    ),
-    (
-        Kind::Replica,
-        "workflow.append.after:PointOfNoReturn:Promote",
-        Victim::Target,
-        "never settled on members",
-        NODE4_RESTART,
-    ),
-    (
-        Kind::Replica,
-        "replica.propose.before:Record",
-        Victim::Target,
-        "never settled on members",
-        NODE4_RESTART,
-    ),
-];
-
-const NODE4_RESTART: &str = "a restarted node outside group 0 runs none of its moved-in replicas";
-
-fn known(kind: Kind, point: &str, victim: Victim) -> Option<(&'static str, &'static str)> {
-    (KNOWN.iter())
-        .find(|(k, p, v, _, _)| *k == kind && *p == point && *v == victim)
-        .map(|(_, _, _, symptom, bug)| (*symptom, *bug))
-}
-
 fn victim_name(kind: Kind, victim: Victim) -> &'static str {
     match (kind, victim) {
         (_, Victim::Driver) => "driver",
@@ -163,12 +127,8 @@ async fn crash_matrix() {
             }
             continue;
         }
-        // The CI subset: each failpoint once, the victim rotating, known
-        // failures skipped.
-        let victim = (0..VICTIMS.len())
-            .map(|j| VICTIMS[(i + j) % VICTIMS.len()])
-            .find(|v| known(kind, point, *v).is_none())
-            .expect("a victim");
+        // The CI subset: each failpoint once, the victim rotating.
+        let victim = VICTIMS[i % VICTIMS.len()];
         cells.push(Cell {
             kind,
             point,
@@ -186,7 +146,7 @@ async fn crash_matrix() {
     );
     let started = std::time::Instant::now();
     let mut failed = Vec::new();
-    let (mut passed, mut xfail) = (0, 0);
+    let mut passed = 0;
     for cell in cells {
         let cell_started = std::time::Instant::now();
         let what = format!(
@@ -200,21 +160,15 @@ async fn crash_matrix() {
         );
         let run = tokio::spawn(run_cell(cell.kind, cell.point, cell.hit, cell.victim)).await;
         let secs = cell_started.elapsed().as_secs_f64();
-        let known = known(cell.kind, cell.point, cell.victim);
         match run {
             Ok(report) => {
                 passed += 1;
-                let xpass = if known.is_some() {
-                    " XPASS (listed as a known failure)"
-                } else {
-                    ""
-                };
                 let notes = match report.notes.as_slice() {
                     [] => String::new(),
                     [first, ..] => format!(" note: {first}"),
                 };
                 println!(
-                    "cell {what} {:<10} {:<12} {secs:6.1} s{xpass}{notes}",
+                    "cell {what} {:<10} {:<12} {secs:6.1} s{notes}",
                     report.victim, report.outcome
                 );
             }
@@ -227,21 +181,13 @@ async fn crash_matrix() {
                         .unwrap_or_default(),
                     Err(error) => error.to_string(),
                 };
-                match known {
-                    Some((symptom, bug)) if message.contains(symptom) => {
-                        xfail += 1;
-                        println!("cell {what} XFAIL      {secs:6.1} s: known bug: {bug}");
-                    }
-                    _ => {
-                        println!("cell {what} FAILED     {secs:6.1} s: {message}");
-                        failed.push(format!("{what}: {message}"));
-                    }
-                }
+                println!("cell {what} FAILED     {secs:6.1} s: {message}");
+                failed.push(format!("{what}: {message}"));
             }
         }
     }
     println!(
-        "crash matrix: {passed} passed, {} failed, {xfail} known failures; total {:.1} s",
+        "crash matrix: {passed} passed, {} failed; total {:.1} s",
         failed.len(),
         started.elapsed().as_secs_f64()
     );
@@ -285,28 +231,79 @@ fn pick_driver(busy: &[u64]) -> u64 {
     (1..=3).find(|id| !busy.contains(id)).unwrap_or(1)
 }
 
-/// Waits for the failpoint, kills the victim there, restarts it; returns
-/// the victim's description.
+/// What a cell submits: the migration, and through which node.
+#[derive(Clone, Copy, Debug)]
+enum Submit {
+    /// MoveVShard of `MOVED` to `TARGET`, driven by `driver`.
+    VShard { driver: u64 },
+    /// MoveReplica of group `SOURCE`'s replica on `from` to node 4.
+    Replica { driver: u64, from: u64 },
+}
+
+/// How many times a cell submits its migration when one settles (aborted
+/// by the load: a lease or a pause budget missed on a busy machine) before
+/// reaching its failpoint. The failpoint stays armed across submissions.
+const SUBMISSIONS: u32 = 3;
+
+/// Submits the migration and waits until it stands at the failpoint
+/// (resubmitting one that aborted before it, at most `SUBMISSIONS` times:
+/// a cell that cannot reach its point fails, it never passes silently);
+/// kills the victim there and restarts it. The workflow and the victim's
+/// description.
 async fn kill_at_failpoint(
     cluster: &mut Cluster,
-    id: WorkflowId,
+    submit: Submit,
     point: &str,
     victim: Victim,
     kind: Kind,
     group: u64,
     target: u64,
-) -> String {
+) -> (WorkflowId, String) {
     let client = cluster.client.clone();
-    let hit = wait_hit(&cluster.marks, point, SETTLE_WITHIN, || async {
-        shown(&client, id)
-            .await
-            .is_some_and(|s| s.phase.is_settled())
-    })
-    .await;
-    assert!(
-        hit,
-        "{id} settled (or timed out) before failpoint {point} fired"
-    );
+    let mut attempt = 0;
+    let id = loop {
+        attempt += 1;
+        let id = match submit {
+            Submit::VShard { driver } => {
+                let submitter = cluster.client_of(driver);
+                let id = submitter
+                    .migrate_vshard(u32::from(MOVED), TARGET, None)
+                    .await;
+                submitter.shutdown().await;
+                id.expect("MoveVShard submitted")
+            }
+            Submit::Replica { driver, from } => {
+                let submitter = cluster.client_of(driver);
+                let id = submitter.migrate_replica(SOURCE, from, 4).await;
+                submitter.shutdown().await;
+                id.expect("MoveReplica submitted")
+            }
+        };
+        let hit = wait_hit(&cluster.marks, point, SETTLE_WITHIN, || async {
+            shown(&client, id)
+                .await
+                .is_some_and(|s| s.phase.is_settled())
+        })
+        .await;
+        if hit {
+            break id;
+        }
+        let state = shown(&client, id).await;
+        let phase = state.as_ref().map(|s| s.phase.clone());
+        let aborted = matches!(phase, Some(Phase::Aborted { .. }));
+        assert!(
+            aborted && attempt < SUBMISSIONS,
+            "failpoint {point} never fired: {id} (submission {attempt} of {SUBMISSIONS}) \
+             ended {phase:?} without reaching it{}",
+            state
+                .map(|s| format!("; {}", timeline(&s)))
+                .unwrap_or_default()
+        );
+        println!(
+            "note: {id} aborted before failpoint {point} ({}); submitting again",
+            state.map(|s| timeline(&s)).unwrap_or_default()
+        );
+    };
     let driver = id.node;
     if victim == Victim::Driver {
         let node = cluster.node_mut(driver);
@@ -317,7 +314,7 @@ async fn kill_at_failpoint(
         );
         cluster.wait_failover(driver).await;
         cluster.restart(driver);
-        return format!("n{driver}");
+        return (id, format!("n{driver}"));
     }
     let who = match (kind, victim) {
         (Kind::Replica, Victim::Target) => target,
@@ -331,9 +328,9 @@ async fn kill_at_failpoint(
     cluster.wait_failover(who).await;
     cluster.restart(who);
     if who == driver {
-        format!("n{who}=driver")
+        (id, format!("n{who}=driver"))
     } else {
-        format!("n{who}")
+        (id, format!("n{who}"))
     }
 }
 
@@ -348,14 +345,11 @@ async fn vshard_cell(cluster: &mut Cluster, point: &str, victim: Victim) -> Repo
         cluster.wait_leader_of(SOURCE).await,
         cluster.wait_leader_of(TARGET).await,
     ];
-    let submitter = cluster.client_of(pick_driver(&leaders));
-    let id = submitter
-        .migrate_vshard(u32::from(MOVED), TARGET, None)
-        .await
-        .expect("submitted");
-    submitter.shutdown().await;
-
-    let who = kill_at_failpoint(cluster, id, point, victim, Kind::VShard, SOURCE, TARGET).await;
+    let submit = Submit::VShard {
+        driver: pick_driver(&leaders),
+    };
+    let (id, who) =
+        kill_at_failpoint(cluster, submit, point, victim, Kind::VShard, SOURCE, TARGET).await;
     let state = wait_settled(&client, id, SETTLE_WITHIN).await;
     let owner = match &state.phase {
         Phase::Completed => TARGET,
@@ -402,14 +396,9 @@ async fn replica_cell(cluster: &mut Cluster, point: &str, victim: Victim) -> Rep
         .filter(|n| *n != from)
         .chain([4])
         .collect();
-    let submitter = cluster.client_of(driver);
-    let id = submitter
-        .migrate_replica(SOURCE, from, 4)
-        .await
-        .expect("submitted");
-    submitter.shutdown().await;
-
-    let who = kill_at_failpoint(cluster, id, point, victim, Kind::Replica, SOURCE, 4).await;
+    let submit = Submit::Replica { driver, from };
+    let (id, who) =
+        kill_at_failpoint(cluster, submit, point, victim, Kind::Replica, SOURCE, 4).await;
     let state = wait_settled(&client, id, SETTLE_WITHIN).await;
     let expected = match &state.phase {
         Phase::Completed => after,
@@ -435,3 +424,88 @@ async fn replica_cell(cluster: &mut Cluster, point: &str, victim: Victim) -> Rep
         notes,
     }
 }
+
+// ---------------------------------------------------------------------------
+// Focused tests of the node bugs the matrix found.
+
+/// Bug E: a node outside group 0 (node 4, holding only a replica moved to
+/// it) that restarts must run that replica again. Proves it by taking the
+/// group's third member down afterwards: writes to the group then need
+/// node 4's vote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_outside_group0_runs_its_moved_replica() {
+    let mut cluster = Cluster::start(4, |_| Vec::new()).await;
+    let client = cluster.client.clone();
+    let load = Load::start(&client, &[(MOVED, 100)]).await;
+    let leader = cluster.wait_leader_of(SOURCE).await;
+    let from = pick_driver(&[leader]);
+    let before: BTreeSet<u64> = members(&cluster.probe).await[&SOURCE].clone();
+    let after: BTreeSet<u64> = (before.iter().copied())
+        .filter(|n| *n != from)
+        .chain([4])
+        .collect();
+    let id = client
+        .migrate_replica(SOURCE, from, 4)
+        .await
+        .expect("submitted");
+    let state = wait_settled(&client, id, SETTLE_WITHIN).await;
+    assert_eq!(state.phase, Phase::Completed, "{}", timeline(&state));
+    check_members(&cluster, SOURCE, &after, from).await;
+
+    cluster.kill(4);
+    cluster.restart(4);
+    check_members(&cluster, SOURCE, &after, from).await;
+    // The group's other member (neither its leader nor node 4) goes down:
+    // group SOURCE keeps a quorum only if node 4 runs its replica.
+    let leader = cluster.wait_leader_of(SOURCE).await;
+    let other = *after
+        .iter()
+        .find(|n| **n != leader && **n != 4)
+        .expect("a third member");
+    cluster.kill(other);
+    check_writes_flow(&load.oracle, 30).await;
+    cluster.restart(other);
+    load.finish_and_check(&client).await;
+    cluster.kill_all();
+    check_journals(&cluster, &[state]);
+    cluster.client.shutdown().await;
+    cluster.probe.shutdown().await;
+}
+
+/// Bug C: a group's leader SIGKILLed and restarted at once (within the
+/// election timeout, so openraft restarts it as the leader of its old
+/// term, with the committed id it restored) must serve no read older than
+/// a write it acknowledged before the crash (invariant 6). The oracle's
+/// reader checks every read; bug D rides along: no node's routing epoch
+/// goes back across the restarts (the samplers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_restarted_within_its_term_serves_no_stale_read() {
+    let mut cluster = Cluster::start(3, |_| Vec::new()).await;
+    let client = cluster.client.clone();
+    let load = Load::start(&client, &[(MOVED, 100), (OTHER, 50)]).await;
+    let samplers = Samplers::spawn(&cluster, vec![MOVED, OTHER]);
+    for group in [SOURCE, METADATA, SOURCE] {
+        let leader = cluster.wait_leader_of(group).await;
+        let reads = load.oracle.reads.load(std::sync::atomic::Ordering::Relaxed);
+        cluster.kill(leader);
+        cluster.restart(leader);
+        check_writes_flow(&load.oracle, 30).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while load.oracle.reads.load(std::sync::atomic::Ordering::Relaxed) < reads + 30 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "reads stopped after n{leader}'s restart"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let (violations, _) = samplers.finish().await;
+    assert!(violations.is_empty(), "{violations:#?}");
+    load.finish_and_check(&client).await;
+    cluster.kill_all();
+    cluster.client.shutdown().await;
+    cluster.probe.shutdown().await;
+}
+
+/// Group 0.
+const METADATA: u64 = 0;

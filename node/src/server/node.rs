@@ -193,6 +193,7 @@ impl Node {
             launcher: RwLock::new(None),
         });
         inner.groups.ensure(METADATA_GROUP).await?;
+        inner.groups.start_listed().await?;
         reconcile::once(&inner).await?;
         let handler = Arc::new(NodeHandler::new(Arc::clone(&inner)));
         transport
