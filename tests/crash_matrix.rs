@@ -507,5 +507,42 @@ async fn leader_restarted_within_its_term_serves_no_stale_read() {
     cluster.probe.shutdown().await;
 }
 
+/// A node outside group 0 whose last replica moved away holds no group
+/// to find a peer through: it must still follow the routing table, and
+/// after a restart too (it keeps its peers' addresses). Found by the soak:
+/// node 4 reported a vShard's old owner forever (invariant 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_without_replicas_follows_routing_across_restart() {
+    let mut cluster = Cluster::start(4, |_| Vec::new()).await;
+    let client = cluster.client.clone();
+    let leader = cluster.wait_leader_of(SOURCE).await;
+    let from = pick_driver(&[leader]);
+    for (from, to) in [(from, 4), (4, from)] {
+        let id = client
+            .migrate_replica(SOURCE, from, to)
+            .await
+            .expect("submitted");
+        let state = wait_settled(&client, id, SETTLE_WITHIN).await;
+        assert_eq!(state.phase, Phase::Completed, "{}", timeline(&state));
+    }
+    let members: BTreeSet<u64> = [1, 2, 3].into();
+    check_members(&cluster, SOURCE, &members, 4).await;
+    let epoch = client.routing().await.expect("routing").routes[usize::from(MOVED)].epoch;
+    let moved = BTreeMap::from([(MOVED, (TARGET, epoch + 1))]);
+    let id = client
+        .migrate_vshard(u32::from(MOVED), TARGET, None)
+        .await
+        .expect("submitted");
+    let state = wait_settled(&client, id, SETTLE_WITHIN).await;
+    assert_eq!(state.phase, Phase::Completed, "{}", timeline(&state));
+    check_routing_converged(&client, 4, &moved).await;
+    cluster.kill(4);
+    cluster.restart(4);
+    check_routing_converged(&client, 4, &moved).await;
+    cluster.kill_all();
+    cluster.client.shutdown().await;
+    cluster.probe.shutdown().await;
+}
+
 /// Group 0.
 const METADATA: u64 = 0;

@@ -274,19 +274,8 @@ impl Groups {
             return Ok(());
         }
         let text: String = groups.iter().map(|g| format!("{g}\n")).collect();
-        let partial = self.list.with_extension("partial");
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut file = std::fs::File::create(&partial)?;
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
-            std::fs::rename(&partial, &self.list)?;
-            if let Some(dir) = self.list.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().map_err(|error| self.list_error(error.to_string()))
+        super::node::write_durably(&self.list, text.as_bytes())
+            .map_err(|error| self.list_error(error.to_string()))
     }
 
     fn list_error(&self, reason: String) -> NodeError {
