@@ -314,7 +314,7 @@ async fn soak() {
     let wind_down = Instant::now() + SETTLE_WITHIN;
     // A replica move still catching up a minute into the wind-down is
     // cancelled (an operator's move; it compensates), so the run stays
-    // bounded: such catch-ups have been seen to take minutes (README).
+    // bounded: such catch-ups have been seen to take minutes under load.
     let mut cancel_at = Some(Instant::now() + Duration::from_secs(60));
     while !flights.is_empty() {
         if cancel_at.is_some_and(|at| Instant::now() >= at) {

@@ -222,12 +222,11 @@ impl Cluster {
     /// Before a killed node comes back: waits (at most 10 s) until groups
     /// 0, 1 and 2 each have a leader other than `victim`, so the victim
     /// rejoins as a follower. A group that elects none without the victim
-    /// (it lost its quorum: see the README's known bugs) is printed as a
-    /// note and the victim comes back anyway. With
-    /// `SHARDFLOW_FAST_RESTART=1` it does not wait: a leader restarted
-    /// within the election timeout resumes as leader of its old term
-    /// (openraft 0.9 "startup as leader"), which exposes the stale-read bug
-    /// described in the README.
+    /// (it lost its quorum) is printed as a note and the victim comes back
+    /// anyway. With `SHARDFLOW_FAST_RESTART=1` it does not wait: a leader
+    /// restarted within the election timeout resumes as leader of its old
+    /// term (openraft 0.9 "startup as leader"; its reads are what
+    /// `leader_restarted_within_its_term_serves_no_stale_read` checks).
     pub async fn wait_failover(&self, victim: u64) {
         if std::env::var("SHARDFLOW_FAST_RESTART").is_ok_and(|v| v == "1") {
             return;
