@@ -294,12 +294,14 @@ impl Cluster {
 
 impl Drop for Cluster {
     /// A failing test keeps the directory (logs, data, journals) for a
-    /// post-mortem and says where it is.
+    /// post-mortem and says where it is; so does any test with
+    /// `SHARDFLOW_KEEP_CLUSTER=1` (to run `shardflow journal replay` on it).
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        let keep = std::env::var("SHARDFLOW_KEEP_CLUSTER").is_ok_and(|v| v == "1");
+        if std::thread::panicking() || keep {
             if let Some(guard) = self.guard.take() {
                 let kept = guard.keep();
-                eprintln!("crash cluster kept for a post-mortem: {}", kept.display());
+                eprintln!("crash cluster kept: {}", kept.display());
             }
         }
     }
