@@ -66,7 +66,11 @@ pub async fn measure(
     .await?;
     let ready_ms = restarted.elapsed().as_secs_f64() * 1e3;
     let engine = super::migration::driver(cluster, id)?;
-    let resumed_at_ms = poll("the migration to resume", || first_progress(&engine, id)).await?;
+    let resumed = poll("the migration to resume", || first_progress(&engine, id)).await;
+    let resumed_at_ms = match resumed {
+        Ok(at_ms) => at_ms,
+        Err(error) => return Err(stuck(&engine, id, error).await),
+    };
     let backoff_ms = retry_backoff_ms(&engine.events(id).await?);
     settle(&engine, id).await?;
     mover.moved();
@@ -127,17 +131,38 @@ async fn in_flight(engine: &Engine, id: WorkflowId) -> Result<String, BenchError
 }
 
 /// The journal time of the first event after the last `DriverStarted`
-/// that records work done, if there is one yet.
+/// that records work done (or the end of the workflow), if there is one.
 async fn first_progress(engine: &Engine, id: WorkflowId) -> Option<u64> {
     let events = engine.events(id).await.ok()?;
     let restart = (events.iter()).rposition(|e| matches!(body(e), Event::DriverStarted { .. }))?;
     events[restart..].iter().find_map(|envelope| {
         let done = matches!(
             body(envelope),
-            Event::Checkpoint { .. } | Event::StepSucceeded { .. } | Event::Completed
+            Event::Checkpoint { .. }
+                | Event::StepSucceeded { .. }
+                | Event::Compensated { .. }
+                | Event::Completed
+                | Event::Aborted { .. }
+                | Event::Paused { .. }
         );
         done.then(|| envelope.current().at_ms)
     })
+}
+
+/// `error`, with what the journal says since the restart.
+async fn stuck(engine: &Engine, id: WorkflowId, error: BenchError) -> BenchError {
+    let Ok(events) = engine.events(id).await else {
+        return error;
+    };
+    let restart = (events.iter()).rposition(|e| matches!(body(e), Event::DriverStarted { .. }));
+    let since: Vec<String> = (events[restart.unwrap_or(0)..].iter())
+        .map(|e| format!("{:?}", body(e)))
+        .map(|event| event.chars().take(120).collect())
+        .collect();
+    BenchError::Measure(format!(
+        "{error}; {id} since its restart: {}",
+        since.join(", ")
+    ))
 }
 
 /// From the failure journaled for the interrupted attempt (right after

@@ -199,6 +199,9 @@ mod enabled {
                 .or_default()
                 .push((nth, action));
         }
+        // Tests read this line to know the process armed them (a binary
+        // built without the feature prints a warning instead).
+        eprintln!("failpoints armed: {spec}");
         for (name, actions) in by_name {
             let hits = AtomicU64::new(0);
             let dir = dir.clone();

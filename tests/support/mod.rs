@@ -193,6 +193,20 @@ pub fn spawn_opts(
     flags: &[String],
     opts: &SpawnOpts,
 ) -> NodeProcess {
+    try_spawn_opts(id, listen, data, certs, flags, opts)
+        .unwrap_or_else(|| panic!("node {id} did not start"))
+}
+
+/// Like [`spawn_opts`]; `None` if the process ended before it was ready
+/// (e.g. a failpoint armed to abort fired while it resumed its workflows).
+pub fn try_spawn_opts(
+    id: u64,
+    listen: &str,
+    data: &Path,
+    certs: &Path,
+    flags: &[String],
+    opts: &SpawnOpts,
+) -> Option<NodeProcess> {
     let stderr = match &opts.stderr_log {
         Some(path) => Stdio::from(
             std::fs::OpenOptions::new()
@@ -219,19 +233,23 @@ pub fn spawn_opts(
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
     let prefix = format!("node {id} listening on ");
-    let addr = lines
+    let Some(addr) = lines
         .by_ref()
         .map_while(Result::ok)
         .find_map(|line| line.strip_prefix(&prefix).map(str::to_string))
-        .unwrap_or_else(|| panic!("node {id} did not start"));
+    else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return None;
+    };
     std::thread::spawn(move || lines.for_each(drop));
-    NodeProcess {
+    Some(NodeProcess {
         id,
         addr,
         data: data.to_path_buf(),
         flags: flags.to_vec(),
         child: Some(child),
-    }
+    })
 }
 
 impl NodeProcess {
@@ -261,11 +279,17 @@ impl NodeProcess {
     }
 
     /// Like [`NodeProcess::restart`], with [`SpawnOpts`] (the environment
-    /// is not inherited from the first start).
-    pub fn restart_opts(&mut self, certs: &Path, opts: &SpawnOpts) {
+    /// is not inherited from the first start). False if the process ended
+    /// before it was ready (it stays stopped).
+    pub fn restart_opts(&mut self, certs: &Path, opts: &SpawnOpts) -> bool {
         assert!(self.child.is_none(), "node {} still runs", self.id);
-        let again = spawn_opts(self.id, &self.addr, &self.data, certs, &self.flags, opts);
-        *self = again;
+        match try_spawn_opts(self.id, &self.addr, &self.data, certs, &self.flags, opts) {
+            Some(again) => {
+                *self = again;
+                true
+            }
+            None => false,
+        }
     }
 }
 

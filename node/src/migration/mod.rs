@@ -194,6 +194,8 @@ impl MigrationApi {
                 }
             }
         }
+        // A node holding no replica any more asks the nodes it last heard of.
+        peers.extend(self.node.known_peer_addrs());
         for peer in peers {
             let mut addr = peer;
             for _ in 0..3 {

@@ -257,7 +257,7 @@ async fn leader_runtime(node: &NodeInner, group: u64) -> Result<GroupRuntime, Mi
     let Some(runtime) = node.groups.get(group) else {
         return Err(to_member(node, group));
     };
-    match runtime.raft.ensure_linearizable().await {
+    match runtime.ensure_linearizable().await {
         Ok(_) => Ok(runtime),
         Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to))) => {
             Err(forward(to, group))
@@ -334,7 +334,7 @@ async fn replication(node: &NodeInner, group: u64) -> MigrationResponse {
     let Some(runtime) = node.groups.get(group) else {
         return to_member(node, group);
     };
-    let committed = match runtime.raft.ensure_linearizable().await {
+    let committed = match runtime.ensure_linearizable().await {
         Ok(read_log_id) => read_log_id.map(|id| id.index),
         Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to))) => {
             return forward(to, group)

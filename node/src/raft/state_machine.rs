@@ -8,9 +8,11 @@
 //! **Invariants:**
 //! - `apply` writes a whole batch of entries, their last-applied log id and
 //!   any membership they carry in one redb transaction, and returns one
-//!   response per entry. It commits with `Durability::None`; why that is
-//!   safe is argued in `shardflow_store::raft_store` (snapshots commit with
-//!   `Durability::Immediate` before the log is purged up to them).
+//!   response per entry. A data group commits with `Durability::None`; why
+//!   that is safe is argued in `shardflow_store::raft_store` (snapshots
+//!   commit with `Durability::Immediate` before the log is purged up to
+//!   them). Group 0 commits with `Durability::Immediate`, so a node's
+//!   routing table never goes back across a crash (see `apply_batch`).
 //! - A snapshot is the group's whole state-machine rows at one consistent
 //!   read, versioned ([`super::records::SnapshotData`]); its metadata is read
 //!   from the same rows, so they always agree.
@@ -178,7 +180,16 @@ fn apply_batch(
         return Ok(Vec::new());
     };
     let group = store.group();
-    store.write_state_machine(Durability::None, |sm| {
+    // Group 0's applies are durable: what a node reports of the routing
+    // table (its status, the routes it hands clients) must never go back
+    // after a crash (invariant 3), and its metadata is what a restarted
+    // node acts on. Metadata commands are few (migrations, leases), so
+    // the fsync costs little; data groups keep `Durability::None`.
+    let durability = match kind {
+        GroupKind::Metadata => Durability::Immediate,
+        GroupKind::Data => Durability::None,
+    };
+    store.write_state_machine(durability, |sm| {
         let mut responses = Vec::with_capacity(entries.len());
         for entry in entries {
             responses.push(apply_entry(sm, kind, entry)?);

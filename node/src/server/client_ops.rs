@@ -172,7 +172,7 @@ fn answer(route: Route, vshard: u16, response: &Response) -> ClientResponse {
 
 /// Waits for a read index on the group's leader; `Err` is the answer to send.
 async fn read_index(runtime: &GroupRuntime, group: u64) -> Result<(), ClientResponse> {
-    match runtime.raft.ensure_linearizable().await {
+    match runtime.ensure_linearizable().await {
         Ok(_) => Ok(()),
         Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
             let leader = forward.leader_id.zip(forward.leader_node.map(|n| n.addr));

@@ -1,20 +1,38 @@
 //! The groups running on this node: one openraft `Raft` per group, its
 //! state machine handle, and where its data lives on disk.
 //!
-//! **Invariant:** at most one `Raft` per group per node — starts are
-//! serialized and a running group is never started twice.
+//! **Invariants:**
+//! - At most one `Raft` per group per node — starts are serialized and a
+//!   running group is never started twice.
+//! - Every data group started here is listed, durably, in `DATA/groups`
+//!   before its `Raft` runs, and taken off the list when it is stopped
+//!   (this node was removed from it). A restarted node starts every listed
+//!   group before it serves ([`Groups::start_listed`]): a node that holds
+//!   no replica of group 0 (replicas were moved to it) has no local
+//!   metadata naming its groups, and a group-0 node's metadata may lag
+//!   behind its data groups after a crash (state machines apply with
+//!   `Durability::None`), so local storage is what says what ran here.
+//! - A linearizable read on a leader restarted within its term (openraft
+//!   0.9 starts up as leader of its old term, whose read index is the
+//!   committed id it restored — possibly older than writes it
+//!   acknowledged before the crash) waits until the group applied every
+//!   entry of the log it restarted with ([`GroupRuntime::ensure_linearizable`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
+use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::storage::RaftLogStorage;
 use openraft::Raft;
 use shardflow_store::RaftStore;
 use tokio::sync::Mutex;
 
 use super::config::StoreLayout;
 use super::node::NodeError;
-use crate::raft::{group_storage, StateMachineStore, TypeConfig};
+use crate::command::METADATA_GROUP;
+use crate::raft::types::LogId;
+use crate::raft::{group_storage, NodeAddr, StateMachineStore, TypeConfig};
 use crate::raft_network::GroupNetworkFactory;
 use crate::transport::Transport;
 
@@ -23,6 +41,56 @@ use crate::transport::Transport;
 pub(crate) struct GroupRuntime {
     pub(crate) raft: Raft<TypeConfig>,
     pub(crate) state_machine: StateMachineStore,
+    /// The term of the vote and the last log index this replica started
+    /// with (see the module doc: the restart read floor).
+    started: (u64, Option<u64>),
+}
+
+/// What a failed read index says: ask the leader, or retry later.
+pub(crate) type LinearizableError = RaftError<u64, CheckIsLeaderError<u64, NodeAddr>>;
+
+/// How long a read waits for a restarted leader to apply its old log
+/// before it is told to retry.
+const RESTART_FLOOR_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl GroupRuntime {
+    /// `Raft::ensure_linearizable`, and on a leader still in the term it
+    /// restarted with, until every entry of the log it restarted with is
+    /// applied (an acknowledged write may be among them while the
+    /// committed id it restored is older). The read log id.
+    pub(crate) async fn ensure_linearizable(&self) -> Result<Option<LogId>, LinearizableError> {
+        let read_log_id = self.raft.ensure_linearizable().await?;
+        let (term, Some(floor)) = self.started else {
+            return Ok(read_log_id);
+        };
+        if read_log_id.is_some_and(|id| id.index >= floor) {
+            return Ok(read_log_id);
+        }
+        let (current_term, applied) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.current_term, metrics.last_applied)
+        };
+        // A new term: its leader's first (blank) entry follows every entry
+        // an older leader acknowledged, and the read index covers it.
+        if current_term != term || applied.is_some_and(|id| id.index >= floor) {
+            return Ok(read_log_id);
+        }
+        match self
+            .raft
+            .wait(Some(RESTART_FLOOR_WAIT))
+            .applied_index_at_least(Some(floor), "restart read floor")
+            .await
+        {
+            Ok(metrics) => Ok(metrics.last_applied.max(read_log_id)),
+            Err(error) => Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(
+                openraft::error::QuorumNotEnough {
+                    cluster: format!("restarted leader applying its log up to {floor}: {error}"),
+                    got: Default::default(),
+                },
+            ))),
+        }
+    }
 }
 
 /// Where groups keep their Raft data.
@@ -55,12 +123,17 @@ impl Stores {
     }
 }
 
+/// The file, in the data directory, listing the data groups started here.
+pub(crate) const GROUP_LIST: &str = "groups";
+
 /// The local groups.
 pub(crate) struct Groups {
     node: u64,
     transport: Transport,
     config: Arc<openraft::Config>,
     stores: Stores,
+    /// `DATA/groups`: the data groups started here (module doc).
+    list: PathBuf,
     running: RwLock<BTreeMap<u64, GroupRuntime>>,
     starting: Mutex<()>,
 }
@@ -92,6 +165,7 @@ impl Groups {
             transport,
             config,
             stores,
+            list: data_dir.join(GROUP_LIST),
             running: RwLock::new(BTreeMap::new()),
             starting: Mutex::new(()),
         })
@@ -117,7 +191,18 @@ impl Groups {
             return Ok(running);
         }
         let store = self.stores.store_for(group)?;
-        let (log_store, state_machine) = group_storage(&store, group);
+        if group != METADATA_GROUP {
+            self.set_listed(group, true)?;
+        }
+        let (mut log_store, state_machine) = group_storage(&store, group);
+        let raft_error = |reason: String| NodeError::Raft { group, reason };
+        let last_log = (log_store.get_log_state().await)
+            .map_err(|e| raft_error(e.to_string()))?
+            .last_log_id
+            .map(|id| id.index);
+        let term = (log_store.read_vote().await)
+            .map_err(|e| raft_error(e.to_string()))?
+            .map_or(0, |vote| vote.leader_id().term);
         let network = GroupNetworkFactory::new(self.transport.clone(), group);
         let raft = Raft::new(
             self.node,
@@ -127,13 +212,11 @@ impl Groups {
             state_machine.clone(),
         )
         .await
-        .map_err(|error| NodeError::Raft {
-            group,
-            reason: error.to_string(),
-        })?;
+        .map_err(|error| raft_error(error.to_string()))?;
         let runtime = GroupRuntime {
             raft,
             state_machine,
+            started: (term, last_log),
         };
         self.write().insert(group, runtime.clone());
         tracing::info!(node = self.node, group, "group started");
@@ -147,10 +230,59 @@ impl Groups {
         let Some(runtime) = self.write().remove(&group) else {
             return;
         };
+        if let Err(error) = self.set_listed(group, false) {
+            tracing::warn!(group, %error, "cannot take the group off the list");
+        }
         if let Err(error) = runtime.raft.shutdown().await {
             tracing::warn!(group, %error, "raft shutdown failed");
         }
         tracing::info!(node = self.node, group, "group stopped");
+    }
+
+    /// Starts every data group of `DATA/groups` (a restart: module doc).
+    pub(crate) async fn start_listed(&self) -> Result<(), NodeError> {
+        for group in self.listed()? {
+            self.ensure(group).await?;
+        }
+        Ok(())
+    }
+
+    /// The groups in `DATA/groups`.
+    fn listed(&self) -> Result<std::collections::BTreeSet<u64>, NodeError> {
+        let text = match std::fs::read_to_string(&self.list) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(error) => return Err(self.list_error(error.to_string())),
+        };
+        (text.split_whitespace())
+            .map(|word| {
+                word.parse::<u64>()
+                    .map_err(|_| self.list_error(format!("{word:?} is not a group id")))
+            })
+            .collect()
+    }
+
+    /// Adds `group` to (or takes it off) `DATA/groups`, durably: written
+    /// whole to a temporary file, synced, renamed over, the directory synced.
+    fn set_listed(&self, group: u64, listed: bool) -> Result<(), NodeError> {
+        let mut groups = self.listed()?;
+        let changed = match listed {
+            true => groups.insert(group),
+            false => groups.remove(&group),
+        };
+        if !changed {
+            return Ok(());
+        }
+        let text: String = groups.iter().map(|g| format!("{g}\n")).collect();
+        super::node::write_durably(&self.list, text.as_bytes())
+            .map_err(|error| self.list_error(error.to_string()))
+    }
+
+    fn list_error(&self, reason: String) -> NodeError {
+        NodeError::Storage {
+            path: self.list.display().to_string(),
+            reason,
+        }
     }
 
     /// Stops every group's Raft.

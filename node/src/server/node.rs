@@ -82,7 +82,14 @@ pub(crate) struct NodeInner {
     pub(crate) limits: MigrationLimits,
     /// Starts migration workflows; installed by the layer defining them.
     pub(crate) launcher: RwLock<Option<Arc<dyn MigrationLauncher>>>,
+    /// `DATA/peers`: the node addresses of the last metadata adopted from
+    /// a peer (see [`NodeInner::adopt_metadata`]).
+    peers_file: std::path::PathBuf,
 }
+
+/// The file, in the data directory, where a node outside group 0 keeps
+/// the addresses of the nodes it last heard of.
+pub(crate) const PEERS_FILE: &str = "peers";
 
 impl NodeInner {
     /// The metadata as the local group-0 replica applied it (cached).
@@ -123,11 +130,46 @@ impl NodeInner {
     /// than the cache: how a node that holds no replica of group 0 (a
     /// replica moved to it) learns the routing table. Its own group-0
     /// replica, never initialized, stays at index 0 and never overrides it.
+    ///
+    /// The node addresses it names are kept in `DATA/peers`: a node outside
+    /// group 0 that holds no replica at all any more (its replicas moved
+    /// away) and restarts has no group membership to find a peer in, and
+    /// would otherwise never learn the routing table again.
     pub(crate) fn adopt_metadata(&self, index: u64, state: MetadataState) {
         let mut cache = self.metadata.write().unwrap_or_else(|p| p.into_inner());
         if index > cache.0 {
+            let peers_changed = cache.1.nodes != state.nodes;
             *cache = (index, Arc::new(state));
+            if peers_changed {
+                let text: String = (cache.1.nodes.iter())
+                    .map(|(id, addr)| format!("{id} {addr}\n"))
+                    .collect();
+                drop(cache);
+                if let Err(error) = write_durably(&self.peers_file, text.as_bytes()) {
+                    tracing::warn!(node = self.id, %error, "cannot keep the peers' addresses");
+                }
+            }
         }
+    }
+
+    /// Addresses of other nodes this node knows without group 0: the
+    /// cached metadata's, then those kept in `DATA/peers`.
+    pub(crate) fn known_peer_addrs(&self) -> Vec<String> {
+        let mut addrs: Vec<String> = Vec::new();
+        let kept = std::fs::read_to_string(&self.peers_file).unwrap_or_default();
+        let kept = kept.lines().filter_map(|line| {
+            let (id, addr) = line.split_once(' ')?;
+            Some((id.parse::<u64>().ok()?, addr.to_string()))
+        });
+        let cached: Vec<(u64, String)> = (self.metadata().nodes.iter())
+            .map(|(id, addr)| (*id, addr.clone()))
+            .collect();
+        for (id, addr) in cached.into_iter().chain(kept) {
+            if id != self.id && !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        addrs
     }
 
     /// The address of a node, from the metadata.
@@ -191,8 +233,10 @@ impl Node {
             migration: config.migration.clone(),
             limits: config.limits.clone(),
             launcher: RwLock::new(None),
+            peers_file: config.data_dir.join(PEERS_FILE),
         });
         inner.groups.ensure(METADATA_GROUP).await?;
+        inner.groups.start_listed().await?;
         reconcile::once(&inner).await?;
         let handler = Arc::new(NodeHandler::new(Arc::clone(&inner)));
         transport
@@ -344,6 +388,21 @@ impl Node {
     pub async fn metadata(&self) -> Result<Arc<MetadataState>, NodeError> {
         self.inner.refresh_metadata().await
     }
+}
+
+/// Writes `bytes` to `path` whole and durably: to a temporary file, synced,
+/// renamed over `path`, the directory synced.
+pub(crate) fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let partial = path.with_extension("partial");
+    let mut file = std::fs::File::create(&partial)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&partial, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Opens the node's journal and the engine over it.
