@@ -132,6 +132,12 @@ pub enum ClientResponse {
     Rejected {
         reason: String,
     },
+    /// A migration's cut-over has fenced the vShard: ask the same node
+    /// again shortly (the fence lasts one bounded cut-over; no backoff).
+    Fenced {
+        vshard: u16,
+        migration: String,
+    },
 }
 
 /// The cluster's routing table as clients cache it.

@@ -123,6 +123,10 @@ fn sample_responses() -> Vec<NodeResponse> {
         client(ClientResponse::Retry {
             reason: "electing".into(),
         }),
+        client(ClientResponse::Fenced {
+            vshard: 17,
+            migration: "1-4".into(),
+        }),
     ]
 }
 

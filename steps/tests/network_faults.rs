@@ -372,7 +372,9 @@ fn spawn_zombie_writer(
                         ClientResponse::Done => log.done += 1,
                         ClientResponse::StaleRouting { epoch, .. } => log.stale.push(epoch),
                         ClientResponse::Redirect { .. } => log.redirects += 1,
-                        ClientResponse::Retry { .. } => log.retries += 1,
+                        ClientResponse::Retry { .. } | ClientResponse::Fenced { .. } => {
+                            log.retries += 1
+                        }
                         _ => log.rejected += 1,
                     },
                     Ok(Ok(_)) => log.rejected += 1,

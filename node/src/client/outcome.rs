@@ -6,7 +6,7 @@
 //! | the expected answer | `Answer` |
 //! | `Redirect{node, addr}` | `Redirect` (follow it) |
 //! | `StaleRouting{vshard, epoch}` | `Stale` (refresh the table, retry) |
-//! | `Retry{reason}` for a vShard a migration fenced | `Fenced` (ask the same node again shortly, no backoff) |
+//! | `Fenced{vshard, migration}` | `Fenced` (ask the same node again shortly, no backoff) |
 //! | any other `Retry{reason}` | `Retry` (back off, same node) |
 //! | `Rejected{reason}` | `Fail(Rejected)` |
 //! | timeout, lost connection, reset stream, server unavailable | `Elsewhere` (back off, next node) |
@@ -72,9 +72,10 @@ pub(crate) fn classify_client<T>(
     match response {
         ClientResponse::Redirect { node, addr } => Outcome::Redirect(Peer::new(Some(node), addr)),
         ClientResponse::StaleRouting { vshard, epoch } => Outcome::Stale { vshard, epoch },
-        ClientResponse::Retry { reason } if is_fenced(&reason) => {
-            Outcome::Fenced(format!("{}: {reason}", peer.addr))
-        }
+        ClientResponse::Fenced { vshard, migration } => Outcome::Fenced(format!(
+            "{}: vShard {vshard} is fenced by migration {migration}",
+            peer.addr
+        )),
         ClientResponse::Retry { reason } => Outcome::Retry(format!("{} busy: {reason}", peer.addr)),
         ClientResponse::Rejected { reason } => Outcome::Fail(ClientError::Rejected { reason }),
         other => match expect(other) {
@@ -82,13 +83,6 @@ pub(crate) fn classify_client<T>(
             Err(other) => unexpected(peer, &other),
         },
     }
-}
-
-/// Whether a `Retry` reason is a migration's fence: the node answers a
-/// fenced vShard `Retry` with the text of `Rejection::Fenced` (the wire has
-/// no variant of its own for it; a test pins the text).
-fn is_fenced(reason: &str) -> bool {
-    reason.contains(" is fenced by migration ")
 }
 
 /// Classifies a node's answer to an admin request.
@@ -181,13 +175,13 @@ mod tests {
 
     #[test]
     fn a_fenced_vshard_is_polled_not_backed_off() {
-        let rejection = crate::command::Rejection::Fenced {
+        let fenced = ClientResponse::Fenced {
             vshard: 7,
             migration: "1-4".into(),
         };
         assert!(matches!(
-            client(ClientResponse::Retry { reason: rejection.to_string() }),
-            Outcome::Fenced(r) if r.ends_with("vShard 7 is fenced by migration 1-4; retry")
+            client(fenced),
+            Outcome::Fenced(r) if r.ends_with("vShard 7 is fenced by migration 1-4")
         ));
         assert!(matches!(
             client(ClientResponse::Retry {

@@ -111,7 +111,10 @@ fn to_leader(leader: Option<(u64, String)>, group: u64) -> ClientResponse {
 /// The answer for a command the owner check refused.
 fn refused(route: Route, vshard: u16, rejection: &Rejection) -> ClientResponse {
     match rejection {
-        Rejection::Fenced { .. } => retry(&rejection.to_string()),
+        Rejection::Fenced { migration, .. } => ClientResponse::Fenced {
+            vshard,
+            migration: migration.clone(),
+        },
         Rejection::Moved { epoch, .. } => ClientResponse::StaleRouting {
             vshard,
             epoch: (*epoch).max(route.epoch),

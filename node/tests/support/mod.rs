@@ -172,7 +172,9 @@ impl Cluster {
                     continue;
                 }
                 Ok(NodeResponse::V1(NodeResponseV1::Client(
-                    ClientResponse::Retry { .. } | ClientResponse::Redirect { .. },
+                    ClientResponse::Retry { .. }
+                    | ClientResponse::Fenced { .. }
+                    | ClientResponse::Redirect { .. },
                 )))
                 | Err(_) => {
                     turn += 1;
