@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex as StdMutex, RwLock};
+use std::time::Duration;
 
 use tokio::sync::{broadcast, watch, Mutex};
 use tokio::task::AbortHandle;
@@ -122,6 +123,10 @@ impl<W: Workflow> Definition for Registered<W> {
 }
 
 /// A driver running in this engine.
+/// How long `resume` waits for the driver of a just-paused instance to
+/// exit before refusing.
+const DRIVER_EXIT_WAIT: Duration = Duration::from_secs(2);
+
 struct Running {
     writer: Arc<Mutex<InstanceWriter>>,
     cancel: watch::Sender<bool>,
@@ -238,6 +243,14 @@ impl Engine {
     pub async fn resume(&self, id: WorkflowId, by: &str) -> Result<(), EngineError> {
         self.check_local(id)?;
         let state = self.state(id).await?;
+        if matches!(state.phase, Phase::Paused { .. }) {
+            // The driver journals `Paused`, then exits: an operator who
+            // resumes at once must not be refused for that instant.
+            let deadline = tokio::time::Instant::now() + DRIVER_EXIT_WAIT;
+            while self.is_running(id) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         if !matches!(state.phase, Phase::Paused { .. }) || self.is_running(id) {
             return Err(EngineError::NotPaused {
                 id,
@@ -326,7 +339,7 @@ impl Engine {
     /// Deletes ended instances last updated more than `retention` ago; the
     /// only way an ended instance leaves the journal (it is kept for audit
     /// otherwise). Returns how many were pruned.
-    pub async fn prune_ended(&self, retention: std::time::Duration) -> Result<u64, EngineError> {
+    pub async fn prune_ended(&self, retention: Duration) -> Result<u64, EngineError> {
         let cutoff = crate::writer::now_ms().saturating_sub(retention.as_millis() as u64);
         Ok(self.inner.journal.prune_ended(cutoff).await?)
     }
