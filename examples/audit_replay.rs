@@ -137,10 +137,11 @@ fn print_timeline(timeline: &Timeline) {
     );
     if let Some(copy) = &timeline.copy {
         println!(
-            "  copied {} of {} keys ({} of {} bytes), {} catch-up rounds",
+            "  copied {} keys, {} bytes (of {} keys, {} bytes when the copy began), \
+             {} catch-up rounds",
             copy.keys_copied,
-            copy.keys_total,
             copy.bytes_copied,
+            copy.keys_total,
             copy.bytes_total,
             copy.catch_up_rounds
         );

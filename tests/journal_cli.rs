@@ -523,7 +523,12 @@ async fn verify_names_a_tampered_event_of_a_real_migration() {
     let (code, text, stderr) = shardflow(&["journal", "replay", "--data", data]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        text.contains(&format!("copied {} of {} keys", keys.len(), keys.len())),
+        text.contains(&format!(
+            "copied {n} keys, {copied} bytes (the vShard held {n} keys, {total} bytes",
+            n = keys.len(),
+            copied = workflow["copy"]["bytes_copied"],
+            total = workflow["copy"]["bytes_total"]
+        )),
         "{text}"
     );
     assert!(

@@ -119,11 +119,14 @@ pub(super) fn render_replay(timeline: &Timeline) -> String {
             .last_lag
             .map(|lag| format!(", last lag {lag}"))
             .unwrap_or_default();
+        // The totals are the vShard's size when the copy began; writes
+        // during the copy can make the copied figures larger.
         lines.push(format!(
-            "  copied {} of {} keys, {} of {} bytes; {} catch-up rounds{lag}",
+            "  copied {} keys, {} bytes (the vShard held {} keys, {} bytes when the copy began); \
+             {} catch-up rounds{lag}",
             copy.keys_copied,
-            copy.keys_total,
             copy.bytes_copied,
+            copy.keys_total,
             copy.bytes_total,
             copy.catch_up_rounds
         ));
