@@ -221,8 +221,7 @@ async fn run_cell(kind: Kind, point: &'static str, hit: u64, victim: Victim) -> 
         Kind::VShard => vshard_cell(&mut cluster, point, victim).await,
         Kind::Replica => replica_cell(&mut cluster, point, victim).await,
     };
-    cluster.client.shutdown().await;
-    cluster.probe.shutdown().await;
+    cluster.close_clients().await;
     result
 }
 
@@ -468,8 +467,7 @@ async fn restarted_node_outside_group0_runs_its_moved_replica() {
     load.finish_and_check(&client).await;
     cluster.kill_all();
     check_journals(&cluster, &[state]);
-    cluster.client.shutdown().await;
-    cluster.probe.shutdown().await;
+    cluster.close_clients().await;
 }
 
 /// Bug C: a group's leader SIGKILLed and restarted at once (within the
@@ -503,8 +501,7 @@ async fn leader_restarted_within_its_term_serves_no_stale_read() {
     assert!(violations.is_empty(), "{violations:#?}");
     load.finish_and_check(&client).await;
     cluster.kill_all();
-    cluster.client.shutdown().await;
-    cluster.probe.shutdown().await;
+    cluster.close_clients().await;
 }
 
 /// A node outside group 0 whose last replica moved away holds no group
@@ -540,8 +537,7 @@ async fn node_without_replicas_follows_routing_across_restart() {
     cluster.restart(4);
     check_routing_converged(&client, 4, &moved).await;
     cluster.kill_all();
-    cluster.client.shutdown().await;
-    cluster.probe.shutdown().await;
+    cluster.close_clients().await;
 }
 
 /// Group 0.

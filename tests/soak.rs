@@ -396,8 +396,7 @@ async fn soak() {
     cluster.kill_all();
     check_journals(&cluster, &live);
     quick.shutdown().await;
-    cluster.client.shutdown().await;
-    cluster.probe.shutdown().await;
+    cluster.close_clients().await;
     println!(
         "soak: seed {seed}: {} actions in {:.1} s; {} vShard moves, {} replica moves, {} refused; \
          outcomes {:?}; {} SIGKILLs, {} failpoint aborts; {writes} writes, {reads} reads, \

@@ -104,6 +104,13 @@ fn arm_env(arms: &[Arm], marks: &Path) -> Vec<(String, String)> {
 }
 
 impl Cluster {
+    /// Closes the test's client and probe connections (the processes are
+    /// left as they are).
+    pub async fn close_clients(&self) {
+        self.client.shutdown().await;
+        self.probe.shutdown().await;
+    }
+
     /// `count` nodes (ids 1..=count; groups on 1..=3), two data groups of
     /// three replicas; node 4, if any, is added to the cluster. `arm(id)`
     /// gives the failpoints armed in node `id`'s first start (restarts
