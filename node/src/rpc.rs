@@ -384,6 +384,14 @@ pub enum MigrationRequest {
     },
     /// Removes a learner (`ChangeMembers::RemoveNodes`).
     RemoveLearner { group: u64, node: u64 },
+    /// Group 0's leader offers its metadata (applied at `applied_index`) to
+    /// a node outside group 0, which adopts it if newer: how a node that
+    /// joined and holds no replica yet learns the routing table and its
+    /// peers. Answered `Done`.
+    OfferMetadata {
+        applied_index: u64,
+        metadata: Box<crate::metadata::MetadataState>,
+    },
 }
 
 /// A chunk of a base copy on the wire (`crate::raft::ExportChunk`).

@@ -464,3 +464,64 @@ async fn a_learner_on_a_fourth_node_catches_up_and_is_promoted() {
     fourth.shutdown().await;
     cluster.shutdown().await;
 }
+
+/// The routing table as node `addr` reports it in its status.
+async fn routing_of(
+    admin: &shardflow_node::transport::Transport,
+    addr: std::net::SocketAddr,
+) -> shardflow_node::rpc::RoutingTable {
+    match call(admin, addr, NodeRequestV1::Admin(AdminRequest::Status)).await {
+        NodeResponseV1::Admin(AdminResponse::Status(status)) => status.routing,
+        other => panic!("status of {addr}: {other:?}"),
+    }
+}
+
+// Proves a node that joins and holds no replica (so no group through which
+// to find a peer) still learns the routing table: group 0's leader offers
+// it the metadata. Found by the seeded soak: a fourth node that no move
+// had reached reported an empty routing table forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_node_without_replicas_learns_the_routing_table() {
+    let cluster = cluster(1, &[1, 2, 3, 4], MigrationTimings::default()).await;
+    let fourth = Node::start(config(cluster.dir.path(), 4, &MigrationTimings::default()))
+        .await
+        .expect("node 4 starts");
+    assert!(
+        routing_of(&cluster.admin, fourth.local_addr())
+            .await
+            .routes
+            .is_empty(),
+        "a new node knows no routing before it joins"
+    );
+    let add_node = AdminRequest::AddNode {
+        id: 4,
+        addr: fourth.local_addr().to_string(),
+    };
+    let added = call(
+        &cluster.admin,
+        cluster.nodes[0].local_addr(),
+        NodeRequestV1::Admin(add_node),
+    )
+    .await;
+    assert!(
+        matches!(added, NodeResponseV1::Admin(AdminResponse::Done)),
+        "{added:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let expected = routing_of(&cluster.admin, cluster.nodes[0].local_addr()).await;
+        let seen = routing_of(&cluster.admin, fourth.local_addr()).await;
+        if seen.routes.len() == 1024 && seen == expected && seen.nodes.contains_key(&4) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4 did not learn the routing table: {} routes, nodes {:?}",
+            seen.routes.len(),
+            seen.nodes
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fourth.shutdown().await;
+    cluster.shutdown().await;
+}

@@ -110,7 +110,13 @@ pub struct MigrationApi {
     node: Arc<NodeInner>,
     /// Group -> the address that last answered as its leader.
     leaders: Arc<Mutex<BTreeMap<u64, String>>>,
+    /// Node -> the group-0 index of the last metadata it took from this
+    /// node (as group 0's leader), or an offer in flight (`u64::MAX`).
+    offered: Arc<Mutex<BTreeMap<u64, u64>>>,
 }
+
+/// How long one metadata offer may take.
+const OFFER_DEADLINE: Duration = Duration::from_secs(1);
 
 /// The milliseconds since the Unix epoch on this node's clock.
 pub fn now_ms() -> u64 {
@@ -124,6 +130,43 @@ impl MigrationApi {
         Self {
             node,
             leaders: Arc::new(Mutex::new(BTreeMap::new())),
+            offered: Arc::new(Mutex::new(BTreeMap::new())),
+        }
+    }
+
+    /// On group 0's leader: offers the metadata to every node outside
+    /// group 0 that has not taken this version yet (in the background, one
+    /// offer per node at a time). Without it a node that joined holds no
+    /// replica, so no peer, and never learns the routing table.
+    pub(crate) fn offer_metadata(&self) {
+        let (index, metadata) = self.node.metadata_at();
+        let group0 = metadata.groups.get(&METADATA_GROUP);
+        for (&id, addr) in &metadata.nodes {
+            if id == self.node.id || group0.is_some_and(|members| members.contains(&id)) {
+                continue;
+            }
+            {
+                let mut offered = self.offered.lock().unwrap_or_else(|p| p.into_inner());
+                let last = offered.get(&id).copied().unwrap_or(0);
+                if last == u64::MAX || last >= index {
+                    continue;
+                }
+                offered.insert(id, u64::MAX);
+            }
+            let (api, addr, metadata) = (self.clone(), addr.clone(), Arc::clone(&metadata));
+            tokio::spawn(async move {
+                let offer = MigrationRequest::OfferMetadata {
+                    applied_index: index,
+                    metadata: Box::new((*metadata).clone()),
+                };
+                let taken = matches!(
+                    api.remote(&addr, &offer, Instant::now() + OFFER_DEADLINE)
+                        .await,
+                    Ok(MigrationResponse::Done)
+                );
+                let mut offered = api.offered.lock().unwrap_or_else(|p| p.into_inner());
+                offered.insert(id, if taken { index } else { 0 });
+            });
         }
     }
 

@@ -90,6 +90,7 @@ pub(crate) async fn pass(api: &MigrationApi) {
     }
     let now = now_ms();
     if leading(node, METADATA_GROUP).is_some() {
+        api.offer_metadata();
         for migration in metadata.expired_leases(now) {
             let abort = MetadataOp::AbortMigration {
                 migration: migration.clone(),
@@ -112,7 +113,7 @@ pub(crate) async fn pass(api: &MigrationApi) {
 
 /// Whether this node's group-0 replica was never initialized (the node
 /// holds only data-group replicas moved to it).
-async fn outside_group0(node: &NodeInner) -> bool {
+pub(crate) async fn outside_group0(node: &NodeInner) -> bool {
     match node.groups.get(METADATA_GROUP) {
         None => true,
         Some(group0) => !group0.raft.is_initialized().await.unwrap_or(true),

@@ -39,6 +39,16 @@ pub const MAX_CHANGES_PAGE: u32 = 100_000;
 pub(crate) async fn handle(node: &NodeInner, request: MigrationRequest) -> MigrationResponse {
     match request {
         MigrationRequest::Metadata => metadata(node).await,
+        MigrationRequest::OfferMetadata {
+            applied_index,
+            metadata,
+        } => {
+            // A node with its own group-0 replica reads the metadata there.
+            if crate::migration::reactor::outside_group0(node).await {
+                node.adopt_metadata(applied_index, *metadata);
+            }
+            MigrationResponse::Done
+        }
         MigrationRequest::ExportChunk {
             group,
             vshard,
