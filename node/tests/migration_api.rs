@@ -254,20 +254,7 @@ async fn a_learner_on_a_fourth_node_catches_up_and_is_promoted() {
         .await
         .expect("node 4 starts");
     let addr4 = fourth.local_addr().to_string();
-    let add_node = AdminRequest::AddNode {
-        id: 4,
-        addr: addr4.clone(),
-    };
-    let added = call(
-        &cluster.admin,
-        cluster.nodes[0].local_addr(),
-        NodeRequestV1::Admin(add_node),
-    )
-    .await;
-    assert!(
-        matches!(added, NodeResponseV1::Admin(AdminResponse::Done)),
-        "{added:?}"
-    );
+    add_node(&cluster, 4, &addr4).await;
 
     let api = cluster.nodes[0].migration_api();
     api.ensure_group(1, 4, &addr4, soon())
@@ -465,6 +452,24 @@ async fn a_learner_on_a_fourth_node_catches_up_and_is_promoted() {
     cluster.shutdown().await;
 }
 
+/// Adds node `id` at `addr` to the cluster's metadata (through node 1).
+async fn add_node(cluster: &Cluster, id: u64, addr: &str) {
+    let add_node = AdminRequest::AddNode {
+        id,
+        addr: addr.to_string(),
+    };
+    let added = call(
+        &cluster.admin,
+        cluster.nodes[0].local_addr(),
+        NodeRequestV1::Admin(add_node),
+    )
+    .await;
+    assert!(
+        matches!(added, NodeResponseV1::Admin(AdminResponse::Done)),
+        "{added:?}"
+    );
+}
+
 /// The routing table as node `addr` reports it in its status.
 async fn routing_of(
     admin: &shardflow_node::transport::Transport,
@@ -493,20 +498,7 @@ async fn a_joined_node_without_replicas_learns_the_routing_table() {
             .is_empty(),
         "a new node knows no routing before it joins"
     );
-    let add_node = AdminRequest::AddNode {
-        id: 4,
-        addr: fourth.local_addr().to_string(),
-    };
-    let added = call(
-        &cluster.admin,
-        cluster.nodes[0].local_addr(),
-        NodeRequestV1::Admin(add_node),
-    )
-    .await;
-    assert!(
-        matches!(added, NodeResponseV1::Admin(AdminResponse::Done)),
-        "{added:?}"
-    );
+    add_node(&cluster, 4, &fourth.local_addr().to_string()).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let expected = routing_of(&cluster.admin, cluster.nodes[0].local_addr()).await;
