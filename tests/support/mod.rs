@@ -45,34 +45,7 @@ pub fn spawn_with(
     certs: &Path,
     flags: &[String],
 ) -> NodeProcess {
-    let mut child = Command::new(BIN)
-        .args(["node", "--id", &id.to_string(), "--listen", listen])
-        .arg("--data")
-        .arg(data)
-        .arg("--certs")
-        .arg(certs)
-        .args(flags)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node process starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let prefix = format!("node {id} listening on ");
-    let addr = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|line| line.strip_prefix(&prefix).map(str::to_string))
-        .unwrap_or_else(|| panic!("node {id} did not start"));
-    std::thread::spawn(move || lines.for_each(drop));
-    NodeProcess {
-        id,
-        addr,
-        data: data.to_path_buf(),
-        flags: flags.to_vec(),
-        child: Some(child),
-    }
+    spawn_opts(id, listen, data, certs, flags, &SpawnOpts::default())
 }
 
 impl NodeProcess {
@@ -138,36 +111,7 @@ pub fn start_cluster(
     groups: u64,
     flags: &[String],
 ) -> (PathBuf, Vec<NodeProcess>) {
-    let certs = dir.join("certs");
-    let certs_arg = certs.to_str().expect("utf-8");
-    run_cli(&["cluster", "certs", "--out", certs_arg, "--nodes", ids]);
-    let nodes: Vec<NodeProcess> = (1..=count)
-        .map(|id| {
-            let data = dir.join(format!("n{id}"));
-            spawn_with(id, "127.0.0.1:0", &data, &certs, flags)
-        })
-        .collect();
-    let node_args: Vec<String> = nodes
-        .iter()
-        .take(3)
-        .map(|n| format!("{}={}", n.id, n.addr))
-        .collect();
-    let groups = groups.to_string();
-    let mut bootstrap = vec![
-        "cluster",
-        "bootstrap",
-        "--groups",
-        &groups,
-        "--replicas",
-        "3",
-        "--certs",
-        certs_arg,
-    ];
-    for arg in &node_args {
-        bootstrap.extend(["--node", arg]);
-    }
-    run_cli(&bootstrap);
-    (certs, nodes)
+    start_cluster_opts(dir, ids, count, groups, flags, |_| SpawnOpts::default())
 }
 
 // ---------------------------------------------------------------------------
