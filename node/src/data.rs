@@ -51,6 +51,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 
 use serde::{Deserialize, Serialize};
+use shardflow_store::raft_store::DigestSum;
 
 use crate::command::{Change, DataOp, FenceId, Rejection, ResponseV1};
 use crate::vshard::{is_valid, vshard_of};
@@ -237,9 +238,12 @@ fn check_vshard(vshard: u16) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// A digest of one vShard's data: BLAKE3 over its pairs in key order, each
-/// written as `key length (u64 LE), key, value length (u64 LE), value`.
-/// The source and the target compare it before the `Transfer` commit.
+/// A digest of one vShard's data: the sum modulo 2^256 of one BLAKE3 hash
+/// per pair, each pair hashed as `key length (u64 LE), key, value length
+/// (u64 LE), value` ([`shardflow_store::raft_store::digest`]). The sum does
+/// not depend on order, so the state machine keeps it running as it applies
+/// writes and reads it in O(1); a full scan computes the same value. The
+/// source and the target compare it before the `Transfer` commit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VShardDigest {
     pub digest: [u8; 32],
@@ -248,12 +252,21 @@ pub struct VShardDigest {
     pub bytes: u64,
 }
 
-/// Computes a [`VShardDigest`] from pairs fed in key order.
+impl From<DigestSum> for VShardDigest {
+    fn from(sum: DigestSum) -> Self {
+        Self {
+            digest: sum.sum,
+            key_count: sum.key_count,
+            bytes: sum.bytes,
+        }
+    }
+}
+
+/// Computes a [`VShardDigest`] from a vShard's pairs, fed in any order
+/// (each pair once).
 #[derive(Clone, Debug, Default)]
 pub struct VShardDigester {
-    hasher: blake3::Hasher,
-    key_count: u64,
-    bytes: u64,
+    sum: DigestSum,
 }
 
 impl VShardDigester {
@@ -261,22 +274,13 @@ impl VShardDigester {
         Self::default()
     }
 
-    /// Adds the next pair (in key order).
+    /// Adds one pair.
     pub fn update(&mut self, key: &[u8], value: &[u8]) {
-        for part in [key, value] {
-            self.hasher.update(&(part.len() as u64).to_le_bytes());
-            self.hasher.update(part);
-        }
-        self.key_count += 1;
-        self.bytes += (key.len() + value.len()) as u64;
+        self.sum.add_pair(key, value);
     }
 
     pub fn finish(&self) -> VShardDigest {
-        VShardDigest {
-            digest: *self.hasher.finalize().as_bytes(),
-            key_count: self.key_count,
-            bytes: self.bytes,
-        }
+        self.sum.into()
     }
 }
 
@@ -1959,7 +1963,7 @@ mod tests {
         assert_eq!(Group::empty().run(release("m")), Ok(ResponseV1::Done));
     }
 
-    /// The digest covers keys and values with their lengths, in order.
+    /// The digest covers keys and values with their lengths, in any order.
     #[test]
     fn digest_is_length_prefixed() {
         let digest = |pairs: &[(&[u8], &[u8])]| {
@@ -1971,9 +1975,13 @@ mod tests {
         };
         let one = digest(&[(b"ab", b"c")]);
         assert_ne!(one.digest, digest(&[(b"a", b"bc")]).digest);
+        assert_eq!(
+            digest(&[(b"a", b""), (b"b", b"")]),
+            digest(&[(b"b", b""), (b"a", b"")])
+        );
         assert_ne!(
             digest(&[(b"a", b""), (b"b", b"")]).digest,
-            digest(&[(b"b", b""), (b"a", b"")]).digest
+            digest(&[(b"a", b""), (b"b", b"x")]).digest
         );
         assert_eq!((one.key_count, one.bytes), (1, 3));
         assert_eq!(one, digest(&[(b"ab", b"c")]));

@@ -19,10 +19,13 @@
 //! | `sm_applied` | `(group, idempotency key)` | the first response to that key |
 //! | `sm_vshard_migrations` | `(group, vshard)` | a vShard's migration bookkeeping (tracking, fence, copy progress) |
 //! | `sm_changes` | `(group, vshard, log index)` | one change applied to a tracked vShard |
+//! | `sm_vshard_digests` | `(group, vshard)` | the running digest of the vShard's pairs ([`DigestSum`]) |
 //! | `raft_snapshots` | `(group, name)` | the current snapshot: position, meta, data |
 //!
-//! The state machine of a group is the six `sm_*` tables; a snapshot
-//! exports and imports exactly those ([`StateMachineExport`]). The current
+//! The state machine of a group is the `sm_*` tables; a snapshot exports
+//! and imports six of them ([`StateMachineExport`]); the seventh,
+//! `sm_vshard_digests`, is derived from `sm_kv` and recomputed on install
+//! (see [`digest`]). The current
 //! snapshot lives apart, in `raft_snapshots`, because it must not be part of
 //! the state it snapshots and it is replaced only by a newer one.
 //!
@@ -59,14 +62,18 @@
 //! - Calls block (redb does I/O on the calling thread): async callers run
 //!   them on a blocking pool (`tokio::task::spawn_blocking`).
 
+pub mod digest;
 mod state_machine;
 
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, TableDefinition, WriteTransaction};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle, WriteTransaction,
+};
 
+pub use digest::DigestSum;
 pub use redb::Durability;
 pub use state_machine::{
     ChangeRows, KvPairs, KvRows, SmRead, SmWrite, StateMachineExport, StateMachineRead,
@@ -85,6 +92,8 @@ pub(crate) const SM_MIGRATIONS: TableDefinition<(u64, u16), &[u8]> =
     TableDefinition::new("sm_vshard_migrations");
 pub(crate) const SM_CHANGES: TableDefinition<(u64, u16, u64), &[u8]> =
     TableDefinition::new("sm_changes");
+pub(crate) const SM_DIGESTS: TableDefinition<(u64, u16), &[u8]> =
+    TableDefinition::new("sm_vshard_digests");
 pub(crate) const SNAPSHOTS: TableDefinition<(u64, &str), &[u8]> =
     TableDefinition::new("raft_snapshots");
 
@@ -195,6 +204,12 @@ impl RaftStore {
 }
 
 fn create_tables(txn: &WriteTransaction) -> Result<(), redb::Error> {
+    let had_digests = txn
+        .list_tables()?
+        .any(|table| table.name() == SM_DIGESTS.name());
+    if !had_digests {
+        backfill_digests(txn)?;
+    }
     txn.open_table(LOG)?;
     txn.open_table(RAFT_META)?;
     txn.open_table(SM_META)?;
@@ -204,6 +219,28 @@ fn create_tables(txn: &WriteTransaction) -> Result<(), redb::Error> {
     txn.open_table(SM_MIGRATIONS)?;
     txn.open_table(SM_CHANGES)?;
     txn.open_table(SNAPSHOTS)?;
+    Ok(())
+}
+
+/// Creates `sm_vshard_digests` from `sm_kv`: a store written before the
+/// digests were kept gets them once, when the table is created.
+fn backfill_digests(txn: &WriteTransaction) -> Result<(), redb::Error> {
+    let mut digests: std::collections::BTreeMap<(u64, u16), DigestSum> = Default::default();
+    {
+        let kv = txn.open_table(SM_KV)?;
+        for row in kv.iter()? {
+            let (key, value) = row?;
+            let (group, vshard, key) = key.value();
+            digests
+                .entry((group, vshard))
+                .or_default()
+                .add_pair(key, value.value());
+        }
+    }
+    let mut table = txn.open_table(SM_DIGESTS)?;
+    for (key, digest) in digests {
+        table.insert(key, &digest.encode()[..])?;
+    }
     Ok(())
 }
 

@@ -36,10 +36,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use shardflow_node::client::{Client, ClientConfig};
-use shardflow_node::data::VShardState;
+use shardflow_node::data::{VShardDigester, VShardState};
 use shardflow_node::metadata::{MigrationPhase, Route};
 use shardflow_node::migration::MigrationApi;
 use shardflow_node::server::Node;
+use shardflow_node::vshard::vshard_of;
 use shardflow_workflow::{replay, Event, Phase, WorkflowId, WorkflowStatus};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -404,6 +405,13 @@ impl Oracle {
             .migration(&run.id.to_string())
             .expect("the migration's record");
         let moving = run.keys.len() as u64;
+        // The owner's running digest (kept at apply) against the pairs the
+        // scan read from it, after the writers stopped.
+        let mut scanned = VShardDigester::new();
+        for (key, value) in scan.iter().filter(|(k, _)| vshard_of(k) == run.vshard) {
+            scanned.update(key, value);
+        }
+        let scanned = scanned.finish();
         match run.expect {
             Expect::Completed => {
                 assert_eq!(route.group, run.to, "the target owns the vShard");
@@ -430,6 +438,7 @@ impl Oracle {
                     .expect("digest");
                 assert_eq!(target.state, Some(VShardState::Owned));
                 assert_eq!(target.digest.key_count, moving);
+                assert_eq!(target.digest, scanned, "the target's running digest");
             }
             Expect::Aborted => {
                 assert_eq!(route, run.route_before, "the source still owns the vShard");
@@ -449,6 +458,7 @@ impl Oracle {
                     .expect("digest");
                 assert_eq!(source.state, Some(VShardState::Owned));
                 assert_eq!(source.digest.key_count, moving);
+                assert_eq!(source.digest, scanned, "the source's running digest");
             }
         }
 

@@ -7,13 +7,15 @@
 //! earlier writes, so a batch of Raft entries applied in one transaction
 //! reads what the entries before it wrote.
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use redb::{ReadOnlyTable, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 
+use super::digest::DigestSum;
 use super::{
-    group_end, Doing, Durability, GroupStore, RaftStoreError, SM_APPLIED, SM_CHANGES, SM_KV,
-    SM_META, SM_MIGRATIONS, SM_VSHARDS, SNAPSHOTS,
+    group_end, Doing, Durability, GroupStore, RaftStoreError, SM_APPLIED, SM_CHANGES, SM_DIGESTS,
+    SM_KV, SM_META, SM_MIGRATIONS, SM_VSHARDS, SNAPSHOTS,
 };
 
 type StrKey = (u64, &'static str);
@@ -31,7 +33,7 @@ pub type KvRows = Vec<(u16, Vec<u8>, Vec<u8>)>;
 pub type ChangeRows = Vec<(u16, u64, Vec<u8>)>;
 
 /// A group's state-machine tables, over a read or a write transaction.
-pub struct StateMachineView<M, V, K, A, G, C> {
+pub struct StateMachineView<M, V, K, A, G, C, D> {
     group: u64,
     meta: M,
     vshards: V,
@@ -39,6 +41,7 @@ pub struct StateMachineView<M, V, K, A, G, C> {
     applied: A,
     migrations: G,
     changes: C,
+    digests: D,
 }
 
 /// The state-machine tables of a read transaction (a consistent snapshot).
@@ -49,6 +52,7 @@ pub type SmRead = StateMachineView<
     ReadOnlyTable<StrKey, Bytes>,
     ReadOnlyTable<VShardKey, Bytes>,
     ReadOnlyTable<ChangeKey, Bytes>,
+    ReadOnlyTable<VShardKey, Bytes>,
 >;
 
 /// The state-machine tables of a write transaction.
@@ -59,6 +63,7 @@ pub type SmWrite<'txn> = StateMachineView<
     Table<'txn, StrKey, Bytes>,
     Table<'txn, VShardKey, Bytes>,
     Table<'txn, ChangeKey, Bytes>,
+    Table<'txn, VShardKey, Bytes>,
 >;
 
 /// Reads of one group's state machine, the same over [`SmRead`] and
@@ -114,6 +119,9 @@ pub trait StateMachineRead {
         after_index: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, RaftStoreError>;
+    /// The running digest of one vShard's pairs (one row, whatever the
+    /// vShard's size; the empty digest if it holds none).
+    fn vshard_digest(&self, vshard: u16) -> Result<DigestSum, RaftStoreError>;
 }
 
 /// The range of one vShard's keys in `sm_kv`, starting after `after`.
@@ -140,7 +148,46 @@ fn changes_range(
     (lower, upper)
 }
 
-impl<M, V, K, A, G, C> StateMachineRead for StateMachineView<M, V, K, A, G, C>
+/// Reads one vShard's digest row.
+fn read_digest<T: ReadableTable<VShardKey, Bytes>>(
+    table: &T,
+    group: u64,
+    vshard: u16,
+) -> Result<DigestSum, RaftStoreError> {
+    let row = table
+        .get((group, vshard))
+        .doing(group, "reading a vShard's digest")?;
+    match row {
+        None => Ok(DigestSum::default()),
+        Some(row) => DigestSum::decode(row.value()).ok_or_else(|| RaftStoreError::Corrupt {
+            group,
+            what: "a vShard's digest row",
+            reason: format!("vShard {vshard}: {} bytes, not 48", row.value().len()),
+        }),
+    }
+}
+
+/// Applies `change` to one vShard's digest row (an empty digest has no row).
+fn change_digest(
+    table: &mut Table<'_, VShardKey, Bytes>,
+    group: u64,
+    vshard: u16,
+    change: impl FnOnce(&mut DigestSum),
+) -> Result<(), RaftStoreError> {
+    const DOING: &str = "updating a vShard's digest";
+    let mut digest = read_digest(table, group, vshard)?;
+    change(&mut digest);
+    if digest.is_empty() {
+        table.remove((group, vshard)).doing(group, DOING)?;
+    } else {
+        table
+            .insert((group, vshard), &digest.encode()[..])
+            .doing(group, DOING)?;
+    }
+    Ok(())
+}
+
+impl<M, V, K, A, G, C, D> StateMachineRead for StateMachineView<M, V, K, A, G, C, D>
 where
     M: ReadableTable<StrKey, Bytes>,
     V: ReadableTable<VShardKey, Bytes>,
@@ -148,6 +195,7 @@ where
     A: ReadableTable<StrKey, Bytes>,
     G: ReadableTable<VShardKey, Bytes>,
     C: ReadableTable<ChangeKey, Bytes>,
+    D: ReadableTable<VShardKey, Bytes>,
 {
     fn group(&self) -> u64 {
         self.group
@@ -302,6 +350,10 @@ where
         }
         Ok(out)
     }
+
+    fn vshard_digest(&self, vshard: u16) -> Result<DigestSum, RaftStoreError> {
+        read_digest(&self.digests, self.group, vshard)
+    }
 }
 
 impl SmWrite<'_> {
@@ -329,38 +381,63 @@ impl SmWrite<'_> {
         Ok(())
     }
 
-    /// Writes one value.
+    /// Writes one value (and the vShard's digest: the new pair in, the one
+    /// it replaced out).
     pub fn put_kv(&mut self, vshard: u16, key: &[u8], value: &[u8]) -> Result<(), RaftStoreError> {
-        self.kv
-            .insert((self.group, vshard, key), value)
-            .doing(self.group, "writing a key")?;
-        Ok(())
-    }
-
-    /// Deletes one key; says whether it existed.
-    pub fn delete_kv(&mut self, vshard: u16, key: &[u8]) -> Result<bool, RaftStoreError> {
+        let group = self.group;
         let old = self
             .kv
-            .remove((self.group, vshard, key))
-            .doing(self.group, "deleting a key")?;
-        Ok(old.is_some())
+            .insert((group, vshard, key), value)
+            .doing(group, "writing a key")?;
+        let replaced = old.map(|old| DigestSum::of_pairs([(key, old.value())]));
+        change_digest(&mut self.digests, group, vshard, |digest| {
+            if let Some(replaced) = &replaced {
+                digest.subtract(replaced);
+            }
+            digest.add_pair(key, value);
+        })
+    }
+
+    /// Deletes one key (and its pair from the vShard's digest); says
+    /// whether it existed.
+    pub fn delete_kv(&mut self, vshard: u16, key: &[u8]) -> Result<bool, RaftStoreError> {
+        let group = self.group;
+        let old = self
+            .kv
+            .remove((group, vshard, key))
+            .doing(group, "deleting a key")?;
+        let Some(removed) = old.map(|old| DigestSum::of_pairs([(key, old.value())])) else {
+            return Ok(false);
+        };
+        change_digest(&mut self.digests, group, vshard, |digest| {
+            digest.subtract(&removed)
+        })?;
+        Ok(true)
     }
 
     /// Deletes up to `limit` keys of one vShard (the first ones in key
     /// order); returns how many it deleted. A bounded batch: callers loop.
     pub fn delete_vshard_keys(&mut self, vshard: u16, limit: u64) -> Result<u64, RaftStoreError> {
         const DOING: &str = "deleting a vShard's keys";
-        let range = vshard_range(self.group, vshard, None);
+        let group = self.group;
+        let range = vshard_range(group, vshard, None);
         let mut deleted = 0;
+        let mut removed = DigestSum::default();
         let extracted = self
             .kv
             .extract_from_if(range, |_, _| true)
-            .doing(self.group, DOING)?;
+            .doing(group, DOING)?;
         // Only rows the iterator yields are removed: `take` never reads past
         // the limit.
         for row in extracted.take(usize::try_from(limit).unwrap_or(usize::MAX)) {
-            row.doing(self.group, DOING)?;
+            let (key, value) = row.doing(group, DOING)?;
+            removed.add_pair(key.value().2, value.value());
             deleted += 1;
+        }
+        if deleted > 0 {
+            change_digest(&mut self.digests, group, vshard, |digest| {
+                digest.subtract(&removed)
+            })?;
         }
         Ok(deleted)
     }
@@ -474,7 +551,7 @@ pub(crate) fn clear_state_machine(
         let range = (Bound::Included((group, "")), group_end(group, |g| (g, "")));
         table.retain_in(range, |_, _| false).doing(group, doing)?;
     }
-    for table in [SM_VSHARDS, SM_MIGRATIONS] {
+    for table in [SM_VSHARDS, SM_MIGRATIONS, SM_DIGESTS] {
         let mut table = txn.open_table(table).doing(group, doing)?;
         table
             .retain_in((group, 0)..=(group, u16::MAX), |_, _| false)
@@ -574,8 +651,18 @@ fn import_rows(
             .doing(group, doing)?;
     }
     let mut kv = txn.open_table(SM_KV).doing(group, doing)?;
+    let mut digests: BTreeMap<u16, DigestSum> = BTreeMap::new();
     for (vshard, key, value) in &state.kv {
         kv.insert((group, *vshard, key.as_slice()), value.as_slice())
+            .doing(group, doing)?;
+        digests.entry(*vshard).or_default().add_pair(key, value);
+    }
+    // The digests are not part of a snapshot: they are recomputed from the
+    // pairs it carries.
+    let mut digest_rows = txn.open_table(SM_DIGESTS).doing(group, doing)?;
+    for (vshard, digest) in digests {
+        digest_rows
+            .insert((group, vshard), &digest.encode()[..])
             .doing(group, doing)?;
     }
     let mut applied = txn.open_table(SM_APPLIED).doing(group, doing)?;
@@ -664,6 +751,7 @@ impl GroupStore {
             applied: read.open_table(SM_APPLIED).doing(group, DOING)?,
             migrations: read.open_table(SM_MIGRATIONS).doing(group, DOING)?,
             changes: read.open_table(SM_CHANGES).doing(group, DOING)?,
+            digests: read.open_table(SM_DIGESTS).doing(group, DOING)?,
         };
         f(&view)
     }
@@ -687,6 +775,7 @@ impl GroupStore {
                 applied: txn.open_table(SM_APPLIED).doing(group, DOING)?,
                 migrations: txn.open_table(SM_MIGRATIONS).doing(group, DOING)?,
                 changes: txn.open_table(SM_CHANGES).doing(group, DOING)?,
+                digests: txn.open_table(SM_DIGESTS).doing(group, DOING)?,
             };
             f(&mut view)
         };
