@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use shardflow_node::client::Client;
 use shardflow_steps::progress::progress;
-use shardflow_workflow::{Engine, Phase, WorkflowId, WorkflowState};
+use shardflow_workflow::{now_ms, Engine, Phase, WorkflowId, WorkflowState};
 
 use crate::embedded::EmbeddedCluster;
 
@@ -38,6 +38,9 @@ pub struct MigrationRun {
     /// (journal times, ms resolution; at least 1 ms).
     pub copy_bytes: u64,
     pub copy_elapsed: Duration,
+    /// The CutOver step's last attempt, since the caller's origin (journal
+    /// times, ms resolution).
+    pub cut_over: Option<(Duration, Duration)>,
 }
 
 impl Mover {
@@ -75,12 +78,14 @@ impl Mover {
         origin: Instant,
     ) -> Result<MigrationRun, BenchError> {
         let from = origin.elapsed();
+        // The origin on the journal's clock (ms since the Unix epoch).
+        let origin_ms = now_ms().saturating_sub(from.as_millis() as u64);
         let id = self.submit(cluster.client()).await?;
         let engine = driver(cluster, id)?;
         let state = settle(&engine, id).await?;
         let to = origin.elapsed();
         self.moved();
-        Ok(run_of(id, from, to, &state))
+        Ok(run_of(id, from, to, origin_ms, &state))
     }
 }
 
@@ -113,12 +118,22 @@ pub async fn settle(engine: &Engine, id: WorkflowId) -> Result<WorkflowState, Be
 }
 
 /// The figures of a completed migration's state.
-fn run_of(id: WorkflowId, from: Duration, to: Duration, state: &WorkflowState) -> MigrationRun {
+fn run_of(
+    id: WorkflowId,
+    from: Duration,
+    to: Duration,
+    origin_ms: u64,
+    state: &WorkflowState,
+) -> MigrationRun {
     let figures = progress(state);
-    let copy_ms = (state.steps.iter())
-        .find(|step| step.name == "BaseCopy")
-        .and_then(|step| Some(step.ended_at_ms?.saturating_sub(step.started_at_ms?)))
-        .unwrap_or(0);
+    let window = |name: &str| {
+        (state.steps.iter())
+            .find(|step| step.name == name)
+            .and_then(|step| Some((step.started_at_ms?, step.ended_at_ms?)))
+    };
+    let copy_ms = window("BaseCopy").map_or(0, |(start, end)| end.saturating_sub(start));
+    let since_origin = |ms: u64| Duration::from_millis(ms.saturating_sub(origin_ms));
+    let cut_over = window("CutOver").map(|(start, end)| (since_origin(start), since_origin(end)));
     MigrationRun {
         id,
         from,
@@ -126,5 +141,6 @@ fn run_of(id: WorkflowId, from: Duration, to: Duration, state: &WorkflowState) -
         journaled_pause_us: figures.write_pause_us.map(|us| us as f64),
         copy_bytes: figures.bytes_copied,
         copy_elapsed: Duration::from_millis(copy_ms.max(1)),
+        cut_over,
     }
 }

@@ -27,6 +27,11 @@ const WARM_UP: std::time::Duration = std::time::Duration::from_millis(300);
 pub struct PauseFigures {
     /// Client-seen pause per migration, µs, ascending.
     pub pauses_us: Vec<f64>,
+    /// Per migration, the longest probe write in flight during the CutOver
+    /// step, µs, ascending (the cut-over's share of the pause).
+    pub cut_over_us: Vec<f64>,
+    /// Per migration, the longest probe write that was not, µs, ascending.
+    pub elsewhere_us: Vec<f64>,
     /// Journaled pause per migration, µs, ascending.
     pub journaled_us: Vec<f64>,
     /// Base copy rate per migration, MB/s, ascending.
@@ -99,11 +104,14 @@ pub async fn measure(
 
 fn figures(runs: &[MigrationRun], probe: &[Sample], stay: &[Sample]) -> PauseFigures {
     let pauses = runs.iter().map(|run| client_pause_us(run, probe)).collect();
+    let split: Vec<(f64, f64)> = runs.iter().map(|run| split_pause_us(run, probe)).collect();
     let journaled = runs.iter().filter_map(|run| run.journaled_pause_us);
     let copy = (runs.iter()).map(|run| mb_per_s(run.copy_bytes, run.copy_elapsed));
     let stay = sorted(stay.iter().map(|s| micros(s.latency())).collect());
     PauseFigures {
         pauses_us: sorted(pauses),
+        cut_over_us: sorted(split.iter().map(|s| s.0).collect()),
+        elsewhere_us: sorted(split.iter().map(|s| s.1).collect()),
         journaled_us: sorted(journaled.collect()),
         copy_mb_s: sorted(copy.collect()),
         copy_bytes: runs.last().map_or(0, |run| run.copy_bytes),
@@ -119,6 +127,24 @@ pub fn client_pause_us(run: &MigrationRun, probe: &[Sample]) -> f64 {
         .filter(|sample| sample.overlaps(run.from, run.to))
         .map(|sample| micros(sample.latency()))
         .fold(0.0, f64::max)
+}
+
+/// The longest probe write in flight during `run`'s CutOver step, and the
+/// longest of the others in flight during `run`, µs.
+pub fn split_pause_us(run: &MigrationRun, probe: &[Sample]) -> (f64, f64) {
+    let in_cut_over =
+        |sample: &Sample| (run.cut_over).is_some_and(|(from, to)| sample.overlaps(from, to));
+    let (mut cut_over, mut elsewhere) = (0.0, 0.0);
+    for sample in probe.iter().filter(|s| s.overlaps(run.from, run.to)) {
+        let us = micros(sample.latency());
+        let longest = if in_cut_over(sample) {
+            &mut cut_over
+        } else {
+            &mut elsewhere
+        };
+        *longest = f64::max(*longest, us);
+    }
+    (cut_over, elsewhere)
 }
 
 fn describe(run: &MigrationRun, done: usize, of: usize) -> String {

@@ -244,6 +244,18 @@ fn detail_table(figures: &Figures) -> Table {
         "journaled pause p50 / p99 (fence -> target accepts), µs",
         format!("{} / {}", number(journaled(0.5)), number(journaled(0.99))),
     );
+    let split = |us: &[f64]| {
+        let at = |fraction| number(bench::stats::percentile(us, fraction));
+        format!("{} / {}", at(0.5), at(0.99))
+    };
+    row(
+        "client pause p50 / p99: longest write during CutOver, µs",
+        split(&pause.cut_over_us),
+    );
+    row(
+        "client pause p50 / p99: longest write outside it, µs",
+        split(&pause.elsewhere_us),
+    );
     row(
         "stay-put vShard write p50 / p99 during those migrations, µs",
         format!(
