@@ -1,7 +1,10 @@
 //! The migration service API ([`MigrationApi`]) on an in-process cluster
 //! (real QUIC, real redb): source reads asked of a follower reach the
 //! group's leader and return consistent data; a replica added as a learner
-//! on a fourth node catches up and is promoted by joint consensus.
+//! on a fourth node catches up and is promoted by joint consensus; a
+//! replica `EnsureGroup` starts on a node that held the group before
+//! survives reconcile until it is added, and an abandoned one stops after
+//! its grace.
 
 mod support;
 
@@ -514,6 +517,148 @@ async fn a_joined_node_without_replicas_learns_the_routing_table() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    fourth.shutdown().await;
+    cluster.shutdown().await;
+}
+
+/// Waits until `node` ran two more reconcile passes: the second began
+/// after this call did.
+async fn two_reconcile_passes(node: &Node) {
+    let from = node.reconcile_passes();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.reconcile_passes() < from + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "node {} ran no reconcile pass",
+            node.id()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `group`'s leader has replicated to `node` everything it had
+/// committed when the wait began.
+async fn wait_caught_up(api: &shardflow_node::migration::MigrationApi, group: u64, node: u64) {
+    let target = api
+        .replication(group, soon())
+        .await
+        .expect("replication")
+        .committed;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = api.replication(group, soon()).await.expect("replication");
+        if status.matched.get(&node).copied().flatten() >= target {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {node} did not catch up with group {group}: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// Proves a replica that `EnsureGroup` starts again on a node that held the
+// group before (a learner added again, a replica moved back) is not
+// stopped by reconcile before the move's `add_learner` commits, and that a
+// replica a move started and abandoned is stopped once its grace passed.
+// Found in CI: reconcile saw the leader's membership, newer than the
+// restarted replica's old one, exclude the node, stopped the replica, and
+// the learner added next never caught up. The passes are waited for, so
+// without the grace this fails every run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_ensured_again_is_kept_until_added_and_an_abandoned_one_stops() {
+    let grace = Duration::from_secs(8);
+    let timings = MigrationTimings {
+        ensure_group_grace: grace,
+        ..MigrationTimings::default()
+    };
+    let cluster = cluster(2, &[1, 2, 3, 4], timings.clone()).await;
+    let fourth = Node::start(config(cluster.dir.path(), 4, &timings))
+        .await
+        .expect("node 4 starts");
+    let addr4 = fourth.local_addr().to_string();
+    add_node(&cluster, 4, &addr4).await;
+    let api = cluster.nodes[0].migration_api();
+    // Reconcile acts only once the node knows the metadata.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fourth.metadata().await.expect("metadata").is_bootstrapped() {
+        assert!(
+            Instant::now() < deadline,
+            "node 4 never learned the metadata"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Node 4 holds group 1 as a learner, then is removed: reconcile stops
+    // the replica, which keeps its old membership on disk.
+    api.ensure_group(1, 4, &addr4, soon())
+        .await
+        .expect("group 1 runs on node 4");
+    api.add_learner(1, 4, addr4.clone(), soon())
+        .await
+        .expect("learner");
+    wait_caught_up(&api, 1, 4).await;
+    // A pass saw the leader name node 4: the usual rules apply again.
+    two_reconcile_passes(&fourth).await;
+    api.remove_learner(1, 4, soon()).await.expect("removed");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fourth.raft(1).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "node 4 still runs group 1 after its learner was removed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Added again: started by EnsureGroup, the replica outlives full
+    // reconcile passes (a slow add_learner), then catches up.
+    let asked = Instant::now();
+    api.ensure_group(1, 4, &addr4, soon())
+        .await
+        .expect("group 1 runs on node 4 again");
+    two_reconcile_passes(&fourth).await;
+    if asked.elapsed() < grace {
+        assert!(
+            fourth.raft(1).is_some(),
+            "reconcile stopped the replica EnsureGroup started, before add_learner"
+        );
+    }
+    api.add_learner(1, 4, addr4.clone(), soon())
+        .await
+        .expect("learner again");
+    wait_caught_up(&api, 1, 4).await;
+    two_reconcile_passes(&fourth).await;
+    assert!(fourth.raft(1).is_some(), "the learner's replica runs");
+    assert_eq!(
+        api.replication(1, soon())
+            .await
+            .expect("replication")
+            .learners,
+        vec![4]
+    );
+
+    // Abandoned: a replica of group 2 started for a move that never adds
+    // it runs out its grace, then is stopped.
+    let asked = Instant::now();
+    api.ensure_group(2, 4, &addr4, soon())
+        .await
+        .expect("group 2 runs on node 4");
+    let deadline = Instant::now() + grace + Duration::from_secs(20);
+    while fourth.raft(2).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "node 4 still runs group 2, abandoned {:?} ago",
+            asked.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        asked.elapsed() >= grace,
+        "stopped after {:?}, before its grace",
+        asked.elapsed()
+    );
+
     fourth.shutdown().await;
     cluster.shutdown().await;
 }

@@ -23,6 +23,7 @@ fn fast() -> MigrationTimings {
         ghost_ttl: Duration::from_millis(1_500),
         cleanup_batch: 3,
         batches_per_pass: 2,
+        ..MigrationTimings::default()
     }
 }
 

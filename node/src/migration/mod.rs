@@ -40,9 +40,15 @@
 //! group 0's leader through them and adopts it (forward only), so the node
 //! routes clients and reacts like any other. Drive migrations from nodes of
 //! the metadata group, though: their view is the freshest. A learner's group is
-//! started by [`MigrationApi::ensure_group`]; after a restart, it runs
-//! again only once the metadata names the node a member (the MoveReplica
-//! step re-sends `EnsureGroup` when it retries).
+//! started by [`MigrationApi::ensure_group`], and the node's reconcile loop
+//! keeps it running while the group's leader does not name the node yet
+//! (until `add_learner` commits), for
+//! [`ensure_group_grace`](crate::server::MigrationTimings::ensure_group_grace)
+//! after the last `EnsureGroup`; past it, a replica the leader excludes is
+//! stopped (an abandoned move). After a restart the node starts it again
+//! from `DATA/groups`, without that grace (it lives in memory): a
+//! MoveReplica's CatchUp re-sends `EnsureGroup`, which restores it, and
+//! starts the replica again if reconcile stopped it.
 
 pub mod launcher;
 pub mod reactor;

@@ -10,7 +10,8 @@
 //! while a leader is being elected. `EnsureGroup` is answered by the node
 //! asked: it starts the group's Raft **uninitialized** (never `initialize`:
 //! the group exists already, its leader replicates to this node once it is
-//! a learner).
+//! a learner), and marks it so that reconcile keeps it while the leader's
+//! membership does not name this node yet (`Groups::ensure_for_move`).
 
 use std::collections::BTreeSet;
 
@@ -144,7 +145,7 @@ pub(crate) async fn handle(node: &NodeInner, request: MigrationRequest) -> Migra
                     reason: "the metadata group is not moved by migrations".into(),
                 };
             }
-            match node.groups.ensure(group).await {
+            match node.groups.ensure_for_move(group).await {
                 Ok(_) => MigrationResponse::Done,
                 Err(error) => MigrationResponse::Retry {
                     reason: error.to_string(),

@@ -49,7 +49,8 @@ impl Default for RaftTimings {
     }
 }
 
-/// The migration reactors' settings (`crate::migration::reactor`).
+/// The migration reactors' settings (`crate::migration::reactor`), and how
+/// long reconcile keeps a replica moving here before it is a learner.
 #[derive(Clone, Debug)]
 pub struct MigrationTimings {
     /// How often the reactors look at the registry and the local groups.
@@ -61,6 +62,15 @@ pub struct MigrationTimings {
     pub cleanup_batch: u64,
     /// Batches one reactor pass proposes per vShard before it yields.
     pub batches_per_pass: u32,
+    /// How long a replica started by `EnsureGroup` (a replica moving to
+    /// this node) runs while its group's leader does not name this node:
+    /// the move adds it as a learner meanwhile. Past it, reconcile stops a
+    /// replica the leader excludes (an abandoned move). Every `EnsureGroup`
+    /// starts it again. Longer than an `EnsureGroup` then `add_learner`
+    /// take on a loaded node (a MoveReplica attempt bounds the two calls by
+    /// its call timeout each, 10 s by default, and re-sends `EnsureGroup`
+    /// before it retries `add_learner`).
+    pub ensure_group_grace: Duration,
 }
 
 impl Default for MigrationTimings {
@@ -70,6 +80,7 @@ impl Default for MigrationTimings {
             ghost_ttl: Duration::from_secs(60),
             cleanup_batch: 1_000,
             batches_per_pass: 16,
+            ensure_group_grace: Duration::from_secs(30),
         }
     }
 }

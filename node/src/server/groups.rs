@@ -12,6 +12,13 @@
 //!   metadata naming its groups, and a group-0 node's metadata may lag
 //!   behind its data groups after a crash (state machines apply with
 //!   `Durability::None`), so local storage is what says what ran here.
+//! - A replica started (or asked to keep running) by `EnsureGroup`, for a
+//!   move to this node, is marked [`Ensured`] until reconcile sees the
+//!   group's leader name this node; reconcile stops a marked replica only
+//!   once its grace has passed ([`Groups::stop_unless_ensured`] checks the
+//!   mark and removes the group in one critical section, so an
+//!   `EnsureGroup` racing a stop either keeps the replica or starts it
+//!   again — never answers `Done` for a replica about to be stopped).
 //! - A linearizable read on a leader restarted within its term (openraft
 //!   0.9 starts up as leader of its old term, whose read index is the
 //!   committed id it restored — possibly older than writes it
@@ -20,7 +27,9 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::storage::RaftLogStorage;
@@ -123,6 +132,17 @@ impl Stores {
     }
 }
 
+/// The mark of a replica started, or asked to keep running, by
+/// `EnsureGroup` (a move to this node) whose group's leader reconcile has
+/// not yet seen naming this node. Each `EnsureGroup` makes a new one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ensured {
+    /// When the `EnsureGroup` was served.
+    pub(crate) at: Instant,
+    /// Tells two marks apart (a newer `EnsureGroup`).
+    serial: u64,
+}
+
 /// The file, in the data directory, listing the data groups started here.
 pub(crate) const GROUP_LIST: &str = "groups";
 
@@ -136,6 +156,11 @@ pub(crate) struct Groups {
     list: PathBuf,
     running: RwLock<BTreeMap<u64, GroupRuntime>>,
     starting: Mutex<()>,
+    /// The [`Ensured`] marks (in memory: after a restart, a move's
+    /// `EnsureGroup` re-sends mark its replica again). Locked before
+    /// `running` when both are held.
+    ensured: std::sync::Mutex<BTreeMap<u64, Ensured>>,
+    serials: AtomicU64,
 }
 
 impl Groups {
@@ -168,6 +193,8 @@ impl Groups {
             list: data_dir.join(GROUP_LIST),
             running: RwLock::new(BTreeMap::new()),
             starting: Mutex::new(()),
+            ensured: std::sync::Mutex::new(BTreeMap::new()),
+            serials: AtomicU64::new(0),
         })
     }
 
@@ -223,12 +250,52 @@ impl Groups {
         Ok(runtime)
     }
 
-    /// Stops one group's Raft (this node was removed from it). Its data
+    /// [`Groups::ensure`] for `EnsureGroup` (a replica moving here): marks
+    /// the group [`Ensured`] first, then starts it if it does not run.
+    /// Marked first, so a stop racing it either sees the new mark and
+    /// keeps the replica, or removed it before, and this starts it again.
+    pub(crate) async fn ensure_for_move(&self, group: u64) -> Result<GroupRuntime, NodeError> {
+        let mark = Ensured {
+            at: Instant::now(),
+            serial: self.serials.fetch_add(1, Ordering::Relaxed),
+        };
+        self.marks().insert(group, mark);
+        self.ensure(group).await
+    }
+
+    /// The group's [`Ensured`] mark, if it has one.
+    pub(crate) fn ensured(&self, group: u64) -> Option<Ensured> {
+        self.marks().get(&group).copied()
+    }
+
+    /// Takes the mark `seen` off `group` (its leader names this node: the
+    /// move added it, and the usual rules apply from now on). A newer mark
+    /// stays.
+    pub(crate) fn clear_ensured(&self, group: u64, seen: Ensured) {
+        let mut marks = self.marks();
+        if marks.get(&group) == Some(&seen) {
+            marks.remove(&group);
+        }
+    }
+
+    /// Stops one group's Raft (this node was removed from it) if its
+    /// [`Ensured`] mark is still `seen` (`None`: it had none); `false` if
+    /// an `EnsureGroup` came in since, or the group does not run. Its data
     /// stays on disk; `ensure` starts it again from there.
-    pub(crate) async fn stop(&self, group: u64) {
+    pub(crate) async fn stop_unless_ensured(&self, group: u64, seen: Option<Ensured>) -> bool {
         let _one_start_at_a_time = self.starting.lock().await;
-        let Some(runtime) = self.write().remove(&group) else {
-            return;
+        let runtime = {
+            let mut marks = self.marks();
+            if marks.get(&group).copied() != seen {
+                return false;
+            }
+            marks.remove(&group);
+            // Removed while the marks are held: an `EnsureGroup` after
+            // this point finds the group gone and starts it again.
+            let Some(runtime) = self.write().remove(&group) else {
+                return false;
+            };
+            runtime
         };
         if let Err(error) = self.set_listed(group, false) {
             tracing::warn!(group, %error, "cannot take the group off the list");
@@ -237,6 +304,7 @@ impl Groups {
             tracing::warn!(group, %error, "raft shutdown failed");
         }
         tracing::info!(node = self.node, group, "group stopped");
+        true
     }
 
     /// Starts every data group of `DATA/groups` (a restart: module doc).
@@ -295,8 +363,12 @@ impl Groups {
         }
     }
 
-    // The map is only touched in short critical sections that cannot panic
-    // half-way, so a poisoned lock still holds consistent data.
+    // The maps are only touched in short critical sections that cannot
+    // panic half-way, so a poisoned lock still holds consistent data.
+    fn marks(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Ensured>> {
+        self.ensured.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, GroupRuntime>> {
         self.running.read().unwrap_or_else(|p| p.into_inner())
     }

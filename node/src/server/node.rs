@@ -85,6 +85,8 @@ pub(crate) struct NodeInner {
     /// `DATA/peers`: the node addresses of the last metadata adopted from
     /// a peer (see [`NodeInner::adopt_metadata`]).
     peers_file: std::path::PathBuf,
+    /// Reconcile passes that went as far as stopping removed groups.
+    pub(crate) reconcile_passes: std::sync::atomic::AtomicU64,
 }
 
 /// The file, in the data directory, where a node outside group 0 keeps
@@ -234,6 +236,7 @@ impl Node {
             limits: config.limits.clone(),
             launcher: RwLock::new(None),
             peers_file: config.data_dir.join(PEERS_FILE),
+            reconcile_passes: std::sync::atomic::AtomicU64::new(0),
         });
         inner.groups.ensure(METADATA_GROUP).await?;
         inner.groups.start_listed().await?;
@@ -350,6 +353,13 @@ impl Node {
     /// The local Raft of `group`, if it runs here (for tests and tools).
     pub fn raft(&self, group: u64) -> Option<openraft::Raft<crate::raft::TypeConfig>> {
         self.inner.groups.get(group).map(|g| g.raft)
+    }
+
+    /// How many reconcile passes (`server::reconcile`) went as far as
+    /// stopping the groups this node was removed from: a test that must
+    /// know a pass ran after some point waits for this to grow by two.
+    pub fn reconcile_passes(&self) -> u64 {
+        (self.inner.reconcile_passes).load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A key as this node's replica of its group applied it: no read index,

@@ -11,7 +11,9 @@
 //! leader with stale metadata would take back a vShard that moved away. A data group
 //! this node was removed from (its replica moved away: the metadata no
 //! longer names it, and neither does the group's membership as the leader
-//! holds it) is stopped.
+//! holds it) is stopped — except a replica `EnsureGroup` started for a move
+//! to this node, which is kept until the move adds it as a learner, or its
+//! grace passes (an abandoned move; see `stop_removed_groups`).
 //!
 //! **Why initializing is safe:** the metadata names a node as a member only
 //! at bootstrap or after the node holds the group's data (a moved replica is
@@ -19,6 +21,7 @@
 //! lowest member is always a bootstrap member of a brand-new group.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,13 +72,13 @@ pub(crate) async fn once(node: &Arc<NodeInner>) -> Result<(), NodeError> {
         assign_bootstrap_vshards(node, *group, &metadata, &runtime).await;
     }
     stop_removed_groups(node, &metadata).await;
+    node.reconcile_passes.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 
 /// Stops the local replica of every data group this node was removed from
-/// (a replica moved away, a learner removed again). A group the metadata
-/// still names is kept, and so is one started for a move (`EnsureGroup`)
-/// that holds no membership yet.
+/// (a replica moved away, a learner removed again, a move abandoned). A
+/// group the metadata still names is kept.
 ///
 /// A removed replica often never learns it was removed: the leader stops
 /// replicating to it once the configuration without it is appended, so its
@@ -84,9 +87,25 @@ pub(crate) async fn once(node: &Arc<NodeInner>) -> Result<(), NodeError> {
 /// So when the metadata does not name this node, the group's leader
 /// decides: the replica is stopped only if the leader's membership excludes
 /// this node and is newer than the local one (at least as new, when the
-/// local one does not name the node either). A replica just promoted by a MoveReplica
-/// whose Record has not committed yet is in the leader's membership, so it
-/// is kept.
+/// local one does not name the node either; any, when the replica holds no
+/// membership at all — it holds no data). A replica just promoted by a
+/// MoveReplica whose Record has not committed yet is in the leader's
+/// membership, so it is kept.
+///
+/// **A replica moving here.** `EnsureGroup` starts the replica *before*
+/// the move's `add_learner` commits, so for a while the leader's membership
+/// excludes it — and is newer than the local one when this node held the
+/// group before (a replica moved back, a learner added again). Such a
+/// replica is marked ([`Ensured`](super::groups::Ensured)) and kept for
+/// [`ensure_group_grace`](crate::server::MigrationTimings::ensure_group_grace)
+/// after the last `EnsureGroup`; once the leader names this node the mark
+/// goes and the rules above apply; past the grace, a replica the leader
+/// still excludes is stopped (the move was abandoned or compensated). The
+/// mark is read before the leader is asked and the stop is refused if it
+/// changed meanwhile, so an `EnsureGroup` (and the `add_learner` after it)
+/// racing a pass never loses its replica. Marks live in memory: after a
+/// restart, a move's CatchUp re-sends `EnsureGroup`, which marks the
+/// replica again (and starts it again if it was stopped).
 async fn stop_removed_groups(node: &Arc<NodeInner>, metadata: &MetadataState) {
     for (group, runtime) in node.groups.all() {
         let named_in_metadata = metadata
@@ -96,6 +115,8 @@ async fn stop_removed_groups(node: &Arc<NodeInner>, metadata: &MetadataState) {
         if group == METADATA_GROUP || named_in_metadata {
             continue;
         }
+        // Before the leader is asked: see the doc.
+        let ensured = node.groups.ensured(group);
         let (local_index, named) = {
             let metrics = runtime.raft.metrics();
             let metrics = metrics.borrow();
@@ -105,47 +126,58 @@ async fn stop_removed_groups(node: &Arc<NodeInner>, metadata: &MetadataState) {
                 || membership.learner_ids().any(|l| l == node.id);
             (stored.log_id().map(|id| id.index), named)
         };
-        let Some(local_index) = local_index else {
+        let Some(leader) = leader_view(node, group).await else {
             continue;
         };
+        if leader.names_node {
+            if let Some(mark) = ensured {
+                node.groups.clear_ensured(group, mark);
+            }
+            continue;
+        }
+        let grace = node.migration.ensure_group_grace;
+        if ensured.is_some_and(|mark| mark.at.elapsed() < grace) {
+            continue;
+        }
         // A learner catching up replays old configurations that do not name
         // it yet: the leader decides in both cases.
-        if removed_by_leader(node, group, local_index, named).await {
+        let newer = match (leader.membership_index, local_index) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(theirs), Some(ours)) if named => theirs > ours,
+            (Some(theirs), Some(ours)) => theirs >= ours,
+        };
+        if leader.is_this_node || !newer {
+            continue;
+        }
+        if node.groups.stop_unless_ensured(group, ensured).await {
             tracing::info!(
                 node = node.id,
                 group,
                 "replica removed from the group; stopping it"
             );
-            node.groups.stop(group).await;
         }
     }
 }
 
-/// Whether `group`'s leader has a membership that names neither a voter
-/// nor a learner on this node and is newer than the local one (`named`
-/// locally) or at least as new (not named locally either).
-async fn removed_by_leader(
-    node: &Arc<NodeInner>,
-    group: u64,
-    local_index: u64,
-    named_locally: bool,
-) -> bool {
+/// A group's membership as its leader holds it, seen from this node.
+struct LeaderView {
+    is_this_node: bool,
+    /// A voter or a learner there.
+    names_node: bool,
+    membership_index: Option<u64>,
+}
+
+/// What `group`'s leader says about this node; `None` if it did not answer.
+async fn leader_view(node: &Arc<NodeInner>, group: u64) -> Option<LeaderView> {
     let api = crate::migration::MigrationApi::new(Arc::clone(node));
     let deadline = tokio::time::Instant::now() + LEADER_ASK_TIMEOUT;
-    match api.replication(group, deadline).await {
-        Ok(status) => {
-            let named = status.voters.contains(&node.id) || status.learners.contains(&node.id);
-            status.leader != node.id
-                && !named
-                && status
-                    .membership_index
-                    .is_some_and(|index| match named_locally {
-                        true => index > local_index,
-                        false => index >= local_index,
-                    })
-        }
-        Err(_) => false,
-    }
+    let status = api.replication(group, deadline).await.ok()?;
+    Some(LeaderView {
+        is_this_node: status.leader == node.id,
+        names_node: status.voters.contains(&node.id) || status.learners.contains(&node.id),
+        membership_index: status.membership_index,
+    })
 }
 
 async fn initialize_if_first(

@@ -617,6 +617,7 @@ pub fn fast() -> shardflow_node::server::MigrationTimings {
         ghost_ttl: Duration::from_millis(1_000),
         cleanup_batch: 16,
         batches_per_pass: 4,
+        ..shardflow_node::server::MigrationTimings::default()
     }
 }
 
