@@ -138,6 +138,14 @@ pub enum ClientResponse {
         vshard: u16,
         migration: String,
     },
+    /// The vShard moved away: `group` owns it from routing epoch `epoch`
+    /// (the old owner's ghost knows where it went, so the client can
+    /// update that one route instead of fetching the whole table).
+    Moved {
+        vshard: u16,
+        group: u64,
+        epoch: u64,
+    },
 }
 
 /// The cluster's routing table as clients cache it.

@@ -6,6 +6,7 @@
 //! | the expected answer | `Answer` |
 //! | `Redirect{node, addr}` | `Redirect` (follow it) |
 //! | `StaleRouting{vshard, epoch}` | `Stale` (refresh the table, retry) |
+//! | `Moved{vshard, group, epoch}` | `Moved` (update that route, retry; else as `Stale`) |
 //! | `Fenced{vshard, migration}` | `Fenced` (ask the same node again shortly, no backoff) |
 //! | any other `Retry{reason}` | `Retry` (back off, same node) |
 //! | `Rejected{reason}` | `Fail(Rejected)` |
@@ -28,6 +29,8 @@ pub(crate) enum Outcome<T> {
     Redirect(Peer),
     /// Our route for `vshard` is stale; the node knows `epoch`.
     Stale { vshard: u16, epoch: u64 },
+    /// `vshard` moved to `group` at `epoch` (a ghost's answer).
+    Moved { vshard: u16, group: u64, epoch: u64 },
     /// Back off and ask the same node again.
     Retry(String),
     /// The vShard is fenced by a migration's cut-over: ask the same node
@@ -72,6 +75,15 @@ pub(crate) fn classify_client<T>(
     match response {
         ClientResponse::Redirect { node, addr } => Outcome::Redirect(Peer::new(Some(node), addr)),
         ClientResponse::StaleRouting { vshard, epoch } => Outcome::Stale { vshard, epoch },
+        ClientResponse::Moved {
+            vshard,
+            group,
+            epoch,
+        } => Outcome::Moved {
+            vshard,
+            group,
+            epoch,
+        },
         ClientResponse::Fenced { vshard, migration } => Outcome::Fenced(format!(
             "{}: vShard {vshard} is fenced by migration {migration}",
             peer.addr

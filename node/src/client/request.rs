@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::command::METADATA_GROUP;
+use crate::metadata::Route;
 use crate::rpc::{
     ClientRequest, ClientResponse, NodeRequest, NodeRequestV1, NodeResponse, NodeResponseV1,
     RoutingTable,
@@ -184,7 +185,18 @@ impl Client {
                     Then::AfterBackoff
                 }
             }
-            Outcome::Stale { vshard, epoch } => {
+            Outcome::Moved {
+                vshard,
+                group: to,
+                epoch,
+            } if self.cache().moved(vshard, Route { group: to, epoch }) => {
+                budget.note(format!(
+                    "{}: vShard {vshard} moved to group {to} (epoch {epoch})",
+                    peer.addr
+                ));
+                Then::Now
+            }
+            Outcome::Moved { vshard, epoch, .. } | Outcome::Stale { vshard, epoch } => {
                 budget.note(format!(
                     "{} holds a newer route for vShard {vshard} (epoch {epoch})",
                     peer.addr

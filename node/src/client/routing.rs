@@ -87,6 +87,28 @@ impl RouteCache {
         true
     }
 
+    /// Takes a ghost's word that `vshard` moved to `route` (its group and
+    /// epoch): updates that one route if it is newer than the cached one
+    /// and the table knows the group's members. The generation changes
+    /// exactly when the route does. Returns whether it did; if not, the
+    /// caller refreshes the whole table.
+    pub(crate) fn moved(&mut self, vshard: u16, route: Route) -> bool {
+        let Some(table) = &mut self.table else {
+            return false;
+        };
+        if !table.groups.contains_key(&route.group) {
+            return false;
+        }
+        match table.routes.get_mut(usize::from(vshard)) {
+            Some(cached) if cached.epoch < route.epoch => {
+                *cached = route;
+                self.generation += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The route of `vshard` in the cached table.
     pub(crate) fn route(&self, vshard: u16) -> Result<Route, ClientError> {
         let table = self.table.as_ref().ok_or(ClientError::NotBootstrapped)?;
@@ -279,6 +301,25 @@ pub(crate) mod tests {
         assert!(cache.install(moved));
         assert_eq!(cache.generation(), 2);
         assert_eq!(cache.candidates(1)[0].addr, "10.0.0.2:7000");
+    }
+
+    #[test]
+    fn a_ghosts_answer_moves_one_route_forward_only() {
+        let mut cache = RouteCache::new(vec!["seed:9".into()], SUSPECT);
+        let to = |group, epoch| Route { group, epoch };
+        assert!(!cache.moved(4, to(2, 3)), "no table yet");
+        assert!(cache.install(table(2)));
+        assert!(cache.moved(4, to(2, 3)));
+        assert_eq!(cache.generation(), 2);
+        assert_eq!(cache.route(4).ok(), Some(to(2, 3)));
+        assert_eq!(cache.route(6).ok(), Some(to(1, 2)), "other routes stay");
+        assert!(!cache.moved(4, to(1, 3)), "not newer");
+        assert!(!cache.moved(4, to(1, 2)), "older");
+        assert!(!cache.moved(6, to(9, 5)), "a group the table does not know");
+        assert_eq!(cache.generation(), 2);
+        // A full table older in that one vShard is not installed over it.
+        assert!(!cache.install(table(2)));
+        assert_eq!(cache.route(4).ok(), Some(to(2, 3)));
     }
 
     #[test]

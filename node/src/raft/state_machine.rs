@@ -25,7 +25,9 @@
 //!   each come from one redb read transaction, so what they return is
 //!   consistent with the applied index they report.
 
+use std::collections::BTreeSet;
 use std::io::Cursor;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
@@ -39,9 +41,9 @@ use super::records::{
     MembershipRecord, SnapshotData, BOOTSTRAP_ASSIGNED_KEY, LAST_APPLIED_KEY, MEMBERSHIP_KEY,
 };
 use super::types::{
-    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    Entry, EntryPayload, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
-use crate::command::{Change, GroupKind, Rejection, Response};
+use crate::command::{Change, DataOp, GroupKind, Op, Rejection, Response};
 use crate::data::{
     check_serving, ChangeRecord, VShardDigest, VShardMigration, VShardMigrationRecord,
     VShardRecord, VShardState,
@@ -112,6 +114,27 @@ pub struct DigestAt {
 pub struct StateMachineStore {
     store: GroupStore,
     kind: GroupKind,
+    /// vShards a `Fence`, `BeginIncoming` or `MarkMoved` applied here since
+    /// this store was made, not yet seen serving again: the ones worth
+    /// checking before a client write is proposed (see
+    /// [`Self::unserving_state`]). Shared by the clones of this store.
+    maybe_unserving: Arc<Mutex<BTreeSet<u16>>>,
+}
+
+/// The vShard an entry may stop serving here (a fence, an incoming copy,
+/// a ghost).
+fn stops_serving(entry: &Entry) -> Option<u16> {
+    let EntryPayload::Normal(command) = &entry.payload else {
+        return None;
+    };
+    match command.op() {
+        Op::Data(
+            DataOp::Fence { vshard, .. }
+            | DataOp::BeginIncoming { vshard, .. }
+            | DataOp::MarkMoved { vshard, .. },
+        ) => Some(*vshard),
+        _ => None,
+    }
 }
 
 /// Builds snapshots of one group's state machine.
@@ -307,7 +330,44 @@ impl StateMachineStore {
     /// group 0, data for any other.
     pub fn new(store: GroupStore) -> Self {
         let kind = GroupKind::of(store.group());
-        Self { store, kind }
+        Self {
+            store,
+            kind,
+            maybe_unserving: Arc::default(),
+        }
+    }
+
+    /// The applied state of `vshard` if this group may hold it without
+    /// serving it (fenced, incoming, a ghost); `None` if it serves it as
+    /// far as this node knows, and the write should be proposed as usual.
+    ///
+    /// A client write to a fenced vShard is refused at apply; asked first,
+    /// the node answers it without a Raft round, so the client's polls
+    /// during a cut-over cost a local read, not a log entry the cut-over's
+    /// own commands queue behind. Only a refusal is answered from here,
+    /// and a refused write was not applied, so a stale read is harmless:
+    /// the client asks again.
+    pub async fn unserving_state(
+        &self,
+        vshard: u16,
+    ) -> Result<Option<VShardState>, RaftStorageError> {
+        let hinted = (self.maybe_unserving.lock())
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&vshard);
+        if !hinted {
+            return Ok(None);
+        }
+        let state = self.vshard_state(vshard).await?;
+        let unserving = match &state {
+            Some(VShardState::Owned) | None => None,
+            Some(_) => state,
+        };
+        if unserving.is_none() {
+            (self.maybe_unserving.lock())
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&vshard);
+        }
+        Ok(unserving)
     }
 
     /// The group this state machine belongs to.
@@ -595,10 +655,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             Some(entry) => ErrorSubject::Apply(entry.log_id),
             None => ErrorSubject::StateMachine,
         };
-        blocking(self.group(), subject, ErrorVerb::Write, move || {
+        let stopping: Vec<u16> = entries.iter().filter_map(stops_serving).collect();
+        let responses = blocking(self.group(), subject, ErrorVerb::Write, move || {
             apply_batch(&store, kind, &entries)
         })
-        .await
+        .await?;
+        if !stopping.is_empty() {
+            (self.maybe_unserving.lock())
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(stopping);
+        }
+        Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

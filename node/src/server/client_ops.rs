@@ -4,7 +4,13 @@
 //!
 //! A request that reaches a follower, or a node without the group, is
 //! redirected; a stale routing epoch is answered `StaleRouting`; a fenced
-//! vShard or an election in progress is answered `Retry`.
+//! vShard is answered `Fenced`, an election in progress `Retry`.
+//!
+//! A vShard the group holds without serving it (fenced, a ghost, or an
+//! incoming copy the routing table already names the owner of, i.e. one
+//! being activated) is answered from the applied state before anything is
+//! proposed ([`unserving`]): a client polling a cut-over costs a local
+//! read, not a Raft round. Only refusals are answered that way.
 
 use openraft::error::{CheckIsLeaderError, RaftError};
 
@@ -12,6 +18,7 @@ use super::groups::GroupRuntime;
 use super::node::NodeInner;
 use super::propose;
 use crate::command::{Command, Rejection, Response, METADATA_GROUP};
+use crate::data::VShardState;
 use crate::metadata::{MetadataState, Route, FIRST_EPOCH};
 use crate::raft::ReadError;
 use crate::rpc::{ClientRequest, ClientResponse, ProposeError, RoutingTable};
@@ -108,6 +115,22 @@ fn to_leader(leader: Option<(u64, String)>, group: u64) -> ClientResponse {
     }
 }
 
+/// The answer of a ghost: where the vShard went, or (if this node's table
+/// already knows a later move) just that the client's route is stale.
+fn moved(route: Route, vshard: u16, to_group: u64, epoch: u64) -> ClientResponse {
+    if route.epoch > epoch {
+        return ClientResponse::StaleRouting {
+            vshard,
+            epoch: route.epoch,
+        };
+    }
+    ClientResponse::Moved {
+        vshard,
+        group: to_group,
+        epoch,
+    }
+}
+
 /// The answer for a command the owner check refused.
 fn refused(route: Route, vshard: u16, rejection: &Rejection) -> ClientResponse {
     match rejection {
@@ -115,10 +138,9 @@ fn refused(route: Route, vshard: u16, rejection: &Rejection) -> ClientResponse {
             vshard,
             migration: migration.clone(),
         },
-        Rejection::Moved { epoch, .. } => ClientResponse::StaleRouting {
-            vshard,
-            epoch: (*epoch).max(route.epoch),
-        },
+        Rejection::Moved {
+            to_group, epoch, ..
+        } => moved(route, vshard, *to_group, *epoch),
         Rejection::NotOwner { .. } if route.epoch == FIRST_EPOCH => retry(&format!(
             "vShard {vshard} is being assigned to group {}",
             route.group
@@ -144,14 +166,34 @@ async fn write(node: &NodeInner, epoch: u64, command: Command) -> ClientResponse
             reason: "not a key-value command".into(),
         };
     };
-    let (route, _) = match route(node, vshard, epoch).await {
+    let (route, runtime) = match route(node, vshard, epoch).await {
         Ok(found) => found,
         Err(answer) => return answer,
     };
+    if let Some(answer) = unserving(&runtime, route, vshard).await {
+        return answer;
+    }
     match propose::local(node, route.group, command).await {
         Ok(response) => answer(route, vshard, &response),
         Err(ProposeError::NotLeader { leader }) => to_leader(leader, route.group),
         Err(error) => retry(&format!("{error:?}")),
+    }
+}
+
+/// The refusal for a vShard this group holds without serving it, read from
+/// the applied state; `None` to go on as usual (it serves it, or a read
+/// failed: the apply's own owner check still decides).
+async fn unserving(runtime: &GroupRuntime, route: Route, vshard: u16) -> Option<ClientResponse> {
+    let state = runtime.state_machine.unserving_state(vshard).await.ok()??;
+    match state {
+        VShardState::Fenced { migration } => Some(ClientResponse::Fenced { vshard, migration }),
+        VShardState::Moved { to_group, epoch } => Some(moved(route, vshard, to_group, epoch)),
+        // `Transfer` committed (the table names this group) and `Activate`
+        // is on its way: a moment, like a fence.
+        VShardState::Incoming { migration } if route.group == runtime.state_machine.group() => {
+            Some(ClientResponse::Fenced { vshard, migration })
+        }
+        VShardState::Incoming { .. } | VShardState::Owned => None,
     }
 }
 
@@ -198,6 +240,9 @@ async fn get(node: &NodeInner, key: Vec<u8>, epoch: u64) -> ClientResponse {
         Ok(found) => found,
         Err(answer) => return answer,
     };
+    if let Some(answer) = unserving(&runtime, route, vshard).await {
+        return answer;
+    }
     if let Err(answer) = read_index(&runtime, route.group).await {
         return answer;
     }

@@ -3,9 +3,11 @@
 //! exactly up to f; compare the digests of source and target (the
 //! source's taken while the target drains: its copy is frozen from f on);
 //! commit `Transfer` in the metadata group — **the point of no return**,
-//! journaled while the target activates; then turn the source copy into a
-//! ghost (`MarkMoved`). The write pause, from the fence applied to the
-//! target activated, is measured and journaled as `write_pause_us`.
+//! journaled while the target activates and the source copy turns into a
+//! ghost (`MarkMoved`; neither copy takes writes between `Transfer` and
+//! `Activate`, so the two go at once). The write pause, from the fence
+//! applied to the target activated, is measured and journaled as
+//! `write_pause_us`.
 //!
 //! If the drain would overrun the pause budget before `Transfer`, the step
 //! unfences (its own fence id) and fails retryably: the next attempt
@@ -391,7 +393,13 @@ impl Step<MoveVShardInput> for CutOver {
         // `Transfer` committed: the registry decides the roll forward, so
         // activating need not wait for the journal. `PointOfNoReturn` is
         // journaled while the target activates (a crash between the two
-        // re-runs this step, which reads the registry and rolls forward).
+        // re-runs this step, which reads the registry and rolls forward),
+        // and the source becomes a ghost meanwhile: from `Transfer` on
+        // neither copy takes writes until `Activate`, so the order of the
+        // two does not matter, and a client the ghost sends on to the
+        // target polls it (`Fenced`, "being activated") instead of waiting
+        // for `MarkMoved` to follow `Activate`.
+        let migration = migration_id(ctx);
         let activated = async {
             shared
                 .propose_ok(
@@ -402,18 +410,15 @@ impl Step<MoveVShardInput> for CutOver {
                 .await?;
             Ok::<_, StepError>(fenced_at.elapsed().as_micros() as u64)
         };
-        let (crossed, activated) = tokio::join!(ctx.point_of_no_return(), activated);
-        crossed?;
-        let pause_us = activated?;
-        // The source answers `Fenced` until it is a ghost: mark it right
-        // away, journaling the pause meanwhile.
-        let migration = migration_id(ctx);
-        let (recorded, moved) = tokio::join!(
-            ctx.record_metric("write_pause_us", pause_us),
+        let (crossed, activated, moved) = tokio::join!(
+            ctx.point_of_no_return(),
+            activated,
             self.mark_moved(ctx, from, epoch, &migration),
         );
-        recorded?;
+        crossed?;
+        let pause_us = activated?;
         moved?;
+        ctx.record_metric("write_pause_us", pause_us).await?;
         tracing::info!(migration = %migration_id(ctx), epoch, pause_us, "cut over");
         encode_output(&CutOverOutput {
             epoch,
