@@ -42,8 +42,10 @@ pub fn now_ms() -> u64 {
 pub struct InstanceWriter {
     journal: Arc<dyn Journal>,
     node: u64,
-    /// Durable events folded in, then the staged ones.
-    state: WorkflowState,
+    /// Durable events folded in, then the staged ones. Shared with the
+    /// running attempt's context as its snapshot and copied on write only
+    /// while such a snapshot is alive, so a step costs no copy of the state.
+    state: Arc<WorkflowState>,
     /// The seq of the first staged event (= events durable so far).
     durable_next_seq: u64,
     /// Hash of the last durable event.
@@ -70,7 +72,7 @@ impl InstanceWriter {
             journal,
             node,
             durable_next_seq: state.next_seq,
-            state,
+            state: Arc::new(state),
             head,
             pending: Vec::new(),
             live,
@@ -154,13 +156,19 @@ impl InstanceWriter {
         &self.state
     }
 
+    /// The state as it is now, shared: the next `stage` copies it only if
+    /// the snapshot is still held then.
+    pub(crate) fn snapshot(&self) -> Arc<WorkflowState> {
+        Arc::clone(&self.state)
+    }
+
     /// Stages events for the next flush, checking each against the replay
     /// rules now (the engine never journals an event its replay would refuse).
     pub(crate) fn stage(&mut self, events: Vec<Event>) -> Result<(), EngineError> {
         let at_ms = now_ms();
         for event in events {
             let envelope = self.envelope(self.state.next_seq, [0; 32], event.clone(), at_ms);
-            self.state
+            Arc::make_mut(&mut self.state)
                 .apply(&envelope)
                 .map_err(|source| EngineError::Replay {
                     id: self.state.id,
@@ -248,9 +256,16 @@ impl InstanceWriter {
                 event: envelope.body.clone(),
             });
         }
-        self.live.send_replace(Live {
-            status: WorkflowStatus::from(&self.state),
-            driver_error: None,
+        // Watchers (`Engine::wait`) act only on a change of phase or a
+        // driver error, so only those wake them; any other change (the
+        // step, the event count) updates the view in place, which `status`
+        // reads, without a wake-up of the waiter on every step.
+        let status = WorkflowStatus::from(self.state.as_ref());
+        self.live.send_if_modified(|live| {
+            let wake = live.status.phase != status.phase || live.driver_error.is_some();
+            live.status = status;
+            live.driver_error = None;
+            wake
         });
     }
 
@@ -272,8 +287,104 @@ impl InstanceWriter {
         }
         self.head = head;
         self.durable_next_seq = verified.state.next_seq;
-        self.state = verified.state;
+        self.state = Arc::new(verified.state);
         let pending = std::mem::take(&mut self.pending);
         self.stage(pending.into_iter().map(|(event, _)| event).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryJournal;
+
+    async fn writer_with_one_step(live: watch::Sender<Live>) -> InstanceWriter {
+        let id = WorkflowId::new(1, 1);
+        let (progress, _) = broadcast::channel(16);
+        let submitted = Event::Submitted {
+            kind: "k".into(),
+            definition_version: 1,
+            input: Vec::new(),
+            plan: vec!["a".into()],
+        };
+        let journal = Arc::new(MemoryJournal::default());
+        InstanceWriter::create(journal, 1, id, submitted, live, progress)
+            .await
+            .expect("create")
+    }
+
+    // Proves the live view wakes its watchers only when the phase changes,
+    // while every durable change is visible in it at once.
+    #[tokio::test]
+    async fn the_live_view_wakes_watchers_only_on_a_phase_change() {
+        let id = WorkflowId::new(1, 1);
+        let (live, mut watcher) = watch::channel(crate::engine::placeholder_live(id));
+        let mut writer = writer_with_one_step(live).await;
+        watcher.borrow_and_update();
+        let started = Event::StepStarted {
+            step: "a".into(),
+            attempt: 1,
+        };
+        writer.flush(vec![started]).await.expect("flush");
+        assert!(!watcher.has_changed().expect("open"), "same phase: no wake");
+        let view = watcher.borrow().clone();
+        assert_eq!(view.status.events, 3);
+        assert_eq!(view.status.step.as_deref(), Some("a"));
+
+        let succeeded = Event::StepSucceeded {
+            step: "a".into(),
+            output: Vec::new(),
+        };
+        writer
+            .flush(vec![succeeded, Event::Completed])
+            .await
+            .expect("flush");
+        assert!(watcher.has_changed().expect("open"), "phase changed: wake");
+        let view = watcher.borrow_and_update().clone();
+        assert_eq!(view.status.phase, crate::state::Phase::Completed);
+        assert_eq!(view.status.events, 5);
+    }
+
+    // Proves the state is shared with a snapshot, not copied: a snapshot
+    // held across a flush keeps the state it was taken at (the writer copies
+    // it then), and a flush with no snapshot held changes the state in place.
+    #[tokio::test]
+    async fn a_snapshot_is_copied_only_while_it_is_held() {
+        let id = WorkflowId::new(1, 1);
+        let (live, _live) = watch::channel(crate::engine::placeholder_live(id));
+        let (progress, _) = broadcast::channel(16);
+        let submitted = Event::Submitted {
+            kind: "k".into(),
+            definition_version: 1,
+            input: Vec::new(),
+            plan: vec!["a".into()],
+        };
+        let journal = Arc::new(MemoryJournal::default());
+        let mut writer = InstanceWriter::create(journal, 1, id, submitted, live, progress)
+            .await
+            .expect("create");
+        let held = writer.snapshot();
+        let started = Event::StepStarted {
+            step: "a".into(),
+            attempt: 1,
+        };
+        writer.flush(vec![started]).await.expect("flush");
+        assert_eq!(
+            held.next_seq, 2,
+            "the snapshot is the state it was taken at"
+        );
+        assert_eq!(writer.state().next_seq, 3);
+        drop(held);
+
+        let shared = writer.snapshot();
+        let at = Arc::as_ptr(&shared);
+        drop(shared);
+        let succeeded = Event::StepSucceeded {
+            step: "a".into(),
+            output: Vec::new(),
+        };
+        writer.flush(vec![succeeded]).await.expect("flush");
+        assert_eq!(writer.state().next_seq, 4);
+        assert_eq!(Arc::as_ptr(&writer.snapshot()), at, "changed in place");
     }
 }
