@@ -53,10 +53,7 @@ pub struct Progress {
 }
 
 /// The live view of an instance: its durable status and, if its driver
-/// stopped without settling it, why. Its watchers are woken when the phase
-/// changes or a driver error is recorded; every other change (step, event
-/// count, time) is written in place, visible to the next read, without a
-/// wake-up.
+/// stopped without settling it, why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Live {
     pub status: WorkflowStatus,

@@ -256,16 +256,9 @@ impl InstanceWriter {
                 event: envelope.body.clone(),
             });
         }
-        // Watchers (`Engine::wait`) act only on a change of phase or a
-        // driver error, so only those wake them; any other change (the
-        // step, the event count) updates the view in place, which `status`
-        // reads, without a wake-up of the waiter on every step.
-        let status = WorkflowStatus::from(self.state.as_ref());
-        self.live.send_if_modified(|live| {
-            let wake = live.status.phase != status.phase || live.driver_error.is_some();
-            live.status = status;
-            live.driver_error = None;
-            wake
+        self.live.send_replace(Live {
+            status: WorkflowStatus::from(self.state.as_ref()),
+            driver_error: None,
         });
     }
 
@@ -297,53 +290,6 @@ impl InstanceWriter {
 mod tests {
     use super::*;
     use crate::memory::MemoryJournal;
-
-    async fn writer_with_one_step(live: watch::Sender<Live>) -> InstanceWriter {
-        let id = WorkflowId::new(1, 1);
-        let (progress, _) = broadcast::channel(16);
-        let submitted = Event::Submitted {
-            kind: "k".into(),
-            definition_version: 1,
-            input: Vec::new(),
-            plan: vec!["a".into()],
-        };
-        let journal = Arc::new(MemoryJournal::default());
-        InstanceWriter::create(journal, 1, id, submitted, live, progress)
-            .await
-            .expect("create")
-    }
-
-    // Proves the live view wakes its watchers only when the phase changes,
-    // while every durable change is visible in it at once.
-    #[tokio::test]
-    async fn the_live_view_wakes_watchers_only_on_a_phase_change() {
-        let id = WorkflowId::new(1, 1);
-        let (live, mut watcher) = watch::channel(crate::engine::placeholder_live(id));
-        let mut writer = writer_with_one_step(live).await;
-        watcher.borrow_and_update();
-        let started = Event::StepStarted {
-            step: "a".into(),
-            attempt: 1,
-        };
-        writer.flush(vec![started]).await.expect("flush");
-        assert!(!watcher.has_changed().expect("open"), "same phase: no wake");
-        let view = watcher.borrow().clone();
-        assert_eq!(view.status.events, 3);
-        assert_eq!(view.status.step.as_deref(), Some("a"));
-
-        let succeeded = Event::StepSucceeded {
-            step: "a".into(),
-            output: Vec::new(),
-        };
-        writer
-            .flush(vec![succeeded, Event::Completed])
-            .await
-            .expect("flush");
-        assert!(watcher.has_changed().expect("open"), "phase changed: wake");
-        let view = watcher.borrow_and_update().clone();
-        assert_eq!(view.status.phase, crate::state::Phase::Completed);
-        assert_eq!(view.status.events, 5);
-    }
 
     // Proves the state is shared with a snapshot, not copied: a snapshot
     // held across a flush keeps the state it was taken at (the writer copies
