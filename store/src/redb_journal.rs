@@ -20,8 +20,9 @@
 //!   an instance whose events do not verify is refused with a typed error
 //!   naming the path, or the instance and seq. Nothing is skipped silently.
 //!
-//! redb calls block, so the async `Journal` methods run them on tokio's
-//! blocking pool.
+//! redb calls block, so the async `Journal` methods run them off the async
+//! executor: in `block_in_place` on a multi-threaded runtime, on tokio's
+//! blocking pool otherwise.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
