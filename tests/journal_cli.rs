@@ -18,6 +18,7 @@ use shardflow::embedded::{EmbeddedCluster, EmbeddedOptions};
 use shardflow::node::server::MigrationTimings;
 use shardflow::node::vshard::vshard_of;
 use shardflow::steps::move_vshard::base_copy::CopyCursor;
+use shardflow::store::redb_journal::ROW_SEQ;
 use shardflow::store::RedbJournal;
 use shardflow::workflow::envelope::decode;
 use shardflow::workflow::{
@@ -436,7 +437,8 @@ fn copy_checkpoints(journal: &Path, id: WorkflowId) -> Vec<u64> {
     let db = Database::create(journal).expect("raw open");
     let txn = db.begin_read().expect("txn");
     let events = txn.open_table(EVENTS).expect("events");
-    let range = (id.node, id.serial, 0)..=(id.node, id.serial, u64::MAX);
+    // The instance's row follows its events in the same table (format 2).
+    let range = (id.node, id.serial, 0)..(id.node, id.serial, ROW_SEQ);
     (events.range(range).expect("range"))
         .map(|entry| {
             let (key, value) = entry.expect("entry");

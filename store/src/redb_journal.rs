@@ -1,9 +1,14 @@
 //! The durable workflow journal, in one redb file.
 //!
-//! Tables: `journal_meta` (format header), `journal_events` keyed by
-//! `(node, serial, seq)` holding each event's exact encoded bytes, and
-//! `journal_instances` keyed by `(node, serial)` holding an
-//! [`InstanceRecord`] (summary and chain head).
+//! Tables: `journal_meta` (format header) and `journal_events` keyed by
+//! `(node, serial, seq)` holding each event's exact encoded bytes. Each
+//! instance's [`InstanceRecord`] (summary and chain head) sits in the same
+//! table right after its events, at `(node, serial, ROW_SEQ)` with
+//! `ROW_SEQ = u64::MAX` (format 2). Beside its instance's newest events it
+//! usually shares their leaf page, so an append rewrites one table's pages,
+//! not two. Format 1 files (the row in a table of its own,
+//! `journal_instances` keyed `(node, serial)`) are still read and appended
+//! to in their own layout; a file keeps the format it was created with.
 //!
 //! **Invariants:**
 //! - One append = one redb write transaction committed with
@@ -15,8 +20,9 @@
 //!   an instance whose events do not verify is refused with a typed error
 //!   naming the path, or the instance and seq. Nothing is skipped silently.
 //!
-//! redb calls block, so the async `Journal` methods run them on tokio's
-//! blocking pool.
+//! redb calls block, so the async `Journal` methods run them off the async
+//! executor: in `block_in_place` on a multi-threaded runtime, on tokio's
+//! blocking pool otherwise.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,12 +37,40 @@ use crate::instance_record::{InstanceRecord, InstanceRecordV1};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("journal_meta");
 const EVENTS: TableDefinition<(u64, u64, u64), &[u8]> = TableDefinition::new("journal_events");
+/// Format 1 only: the instance rows, keyed `(node, serial)`.
 const INSTANCES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("journal_instances");
 
 const FORMAT_KEY: &str = "format";
 const FORMAT_MAGIC: &[u8] = b"shardflow-journal";
 /// The journal file format this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// In format 2, the `seq` under which an instance's row is kept in
+/// `journal_events`. No event takes it: an event's seq is below its
+/// instance's event count, which the event cap bounds far below `u64::MAX`.
+pub const ROW_SEQ: u64 = u64::MAX;
+
+/// Where a file keeps its instance rows, from its format version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// Format 1: rows in `journal_instances`.
+    RowTable,
+    /// Format 2: rows in `journal_events` at `(node, serial, ROW_SEQ)`.
+    RowBesideEvents,
+}
+
+impl Layout {
+    fn of(version: u32) -> Self {
+        match version {
+            0 | 1 => Self::RowTable,
+            _ => Self::RowBesideEvents,
+        }
+    }
+}
+
+/// The keys of one instance's events (its row excluded).
+fn event_range(id: WorkflowId) -> std::ops::Range<(u64, u64, u64)> {
+    (id.node, id.serial, 0)..(id.node, id.serial, ROW_SEQ)
+}
 
 /// How a journal is opened.
 #[derive(Clone, Debug)]
@@ -62,6 +96,7 @@ pub struct RedbJournal {
     db: Arc<Database>,
     path: Arc<PathBuf>,
     max_events: u64,
+    layout: Layout,
 }
 
 fn storage(doing: impl Into<String>) -> impl FnOnce(redb::Error) -> JournalError {
@@ -97,12 +132,13 @@ impl RedbJournal {
             reason,
         };
         let db = Database::create(&path).map_err(|error| not_a_journal(error.to_string()))?;
-        let journal = Self {
+        let mut journal = Self {
             db: Arc::new(db),
             path: Arc::new(path),
             max_events: options.max_events,
+            layout: Layout::of(FORMAT_VERSION),
         };
-        journal.check_format()?;
+        journal.layout = Layout::of(journal.check_format()?);
         if options.verify_on_open {
             journal.verify_all()?;
         }
@@ -114,8 +150,17 @@ impl RedbJournal {
         &self.path
     }
 
-    /// Checks the format header, writing it into a new, empty file.
-    fn check_format(&self) -> Result<(), JournalError> {
+    /// The format version of this file (`FORMAT_VERSION` for a new one).
+    pub fn format_version(&self) -> u32 {
+        match self.layout {
+            Layout::RowTable => 1,
+            Layout::RowBesideEvents => FORMAT_VERSION,
+        }
+    }
+
+    /// Checks the format header, writing it into a new, empty file; returns
+    /// the file's format version.
+    fn check_format(&self) -> Result<u32, JournalError> {
         let path = self.path.display().to_string();
         let read = self
             .db
@@ -128,7 +173,8 @@ impl RedbJournal {
             .collect();
         if tables.is_empty() {
             drop(read);
-            return self.write_format();
+            self.write_format()?;
+            return Ok(FORMAT_VERSION);
         }
         if !tables.iter().any(|t| t == META.name()) {
             let reason = format!("it holds tables {tables:?} but no journal header");
@@ -160,7 +206,7 @@ impl RedbJournal {
                 supported: FORMAT_VERSION,
             });
         }
-        Ok(())
+        Ok(version)
     }
 
     fn write_format(&self) -> Result<(), JournalError> {
@@ -177,8 +223,6 @@ impl RedbJournal {
             meta.insert(FORMAT_KEY, header.as_slice())
                 .map_err(|e| storage("writing the header")(e.into()))?;
             txn.open_table(EVENTS)
-                .map_err(|e| storage("creating tables")(e.into()))?;
-            txn.open_table(INSTANCES)
                 .map_err(|e| storage("creating tables")(e.into()))?;
         }
         txn.commit()
@@ -197,19 +241,25 @@ impl RedbJournal {
             .db
             .begin_read()
             .map_err(|e| storage("reading an instance")(e.into()))?;
-        let instances = read
-            .open_table(INSTANCES)
-            .map_err(|e| storage("opening instances")(e.into()))?;
-        let row = instances
-            .get((id.node, id.serial))
-            .map_err(|e| storage("reading an instance row")(e.into()))?
-            .ok_or(JournalError::UnknownInstance(id))?;
-        let record = InstanceRecord::decode(row.value()).map_err(|r| corrupt_row(id, r))?;
         let events = read
             .open_table(EVENTS)
             .map_err(|e| storage("opening events")(e.into()))?;
+        let row = match self.layout {
+            Layout::RowBesideEvents => events
+                .get((id.node, id.serial, ROW_SEQ))
+                .map_err(|e| storage("reading an instance row")(e.into()))?
+                .map(|row| row.value().to_vec()),
+            Layout::RowTable => read
+                .open_table(INSTANCES)
+                .map_err(|e| storage("opening instances")(e.into()))?
+                .get((id.node, id.serial))
+                .map_err(|e| storage("reading an instance row")(e.into()))?
+                .map(|row| row.value().to_vec()),
+        };
+        let row = row.ok_or(JournalError::UnknownInstance(id))?;
+        let record = InstanceRecord::decode(&row).map_err(|r| corrupt_row(id, r))?;
         let range = events
-            .range((id.node, id.serial, 0)..=(id.node, id.serial, u64::MAX))
+            .range(event_range(id))
             .map_err(|e| storage("reading events")(e.into()))?;
         let mut records = Vec::with_capacity(record.next_seq as usize);
         for entry in range {
@@ -230,17 +280,28 @@ impl RedbJournal {
             .begin_write()
             .map_err(|e| storage("starting an append")(e.into()))?;
         {
-            let mut instances = txn
-                .open_table(INSTANCES)
-                .map_err(|e| storage("opening instances")(e.into()))?;
             let mut events = txn
                 .open_table(EVENTS)
                 .map_err(|e| storage("opening events")(e.into()))?;
+            let mut instances = match self.layout {
+                Layout::RowTable => Some(
+                    txn.open_table(INSTANCES)
+                        .map_err(|e| storage("opening instances")(e.into()))?,
+                ),
+                Layout::RowBesideEvents => None,
+            };
             let key = (id.node, id.serial);
-            let existing = instances
-                .get(key)
-                .map_err(|e| storage("reading an instance row")(e.into()))?
-                .map(|row| row.value().to_vec());
+            let row_key = (id.node, id.serial, ROW_SEQ);
+            let existing = match &instances {
+                Some(instances) => instances
+                    .get(key)
+                    .map_err(|e| storage("reading an instance row")(e.into()))?
+                    .map(|row| row.value().to_vec()),
+                None => events
+                    .get(row_key)
+                    .map_err(|e| storage("reading an instance row")(e.into()))?
+                    .map(|row| row.value().to_vec()),
+            };
             let record = match existing {
                 Some(row) => Some(InstanceRecord::decode(&row).map_err(|r| corrupt_row(id, r))?),
                 None => None,
@@ -257,9 +318,11 @@ impl RedbJournal {
                 record.absorb(event);
             }
             let row = InstanceRecord::V1(record).encode();
-            instances
-                .insert(key, row.as_slice())
-                .map_err(|e| storage("writing an instance row")(e.into()))?;
+            match &mut instances {
+                Some(instances) => instances.insert(key, row.as_slice()),
+                None => events.insert(row_key, row.as_slice()),
+            }
+            .map_err(|e| storage("writing an instance row")(e.into()))?;
         }
         txn.commit()
             .map_err(|e| storage("committing an append")(e.into()))
@@ -270,23 +333,54 @@ impl RedbJournal {
             .db
             .begin_read()
             .map_err(|e| storage("listing instances")(e.into()))?;
-        let instances = read
-            .open_table(INSTANCES)
-            .map_err(|e| storage("opening instances")(e.into()))?;
-        let mut summaries = Vec::new();
-        for entry in instances
-            .iter()
-            .map_err(|e| storage("listing instances")(e.into()))?
-        {
-            let (key, value) = entry.map_err(|e| storage("listing instances")(e.into()))?;
-            let (node, serial) = key.value();
-            let id = WorkflowId::new(node, serial);
-            let record = InstanceRecord::decode(value.value()).map_err(|r| corrupt_row(id, r))?;
-            if include_ended || !record.ended {
-                summaries.push(record.summary(id));
+        let list_error = |e: redb::StorageError| storage("listing instances")(e.into());
+        let mut rows: Vec<(WorkflowId, InstanceRecordV1)> = Vec::new();
+        let mut keep = |id: WorkflowId, bytes: &[u8]| -> Result<(), JournalError> {
+            let record = InstanceRecord::decode(bytes).map_err(|r| corrupt_row(id, r))?;
+            rows.push((id, record));
+            Ok(())
+        };
+        match self.layout {
+            Layout::RowTable => {
+                let instances = read
+                    .open_table(INSTANCES)
+                    .map_err(|e| storage("opening instances")(e.into()))?;
+                for entry in instances.iter().map_err(list_error)? {
+                    let (key, value) = entry.map_err(list_error)?;
+                    let (node, serial) = key.value();
+                    keep(WorkflowId::new(node, serial), value.value())?;
+                }
+            }
+            Layout::RowBesideEvents => {
+                // One seek to each instance's first key, one to its row.
+                let events = read
+                    .open_table(EVENTS)
+                    .map_err(|e| storage("opening events")(e.into()))?;
+                let mut from = Some((0, 0, 0));
+                while let Some(start) = from {
+                    let Some(first) = events.range(start..).map_err(list_error)?.next() else {
+                        break;
+                    };
+                    let (node, serial, _) = first.map_err(list_error)?.0.value();
+                    let id = WorkflowId::new(node, serial);
+                    let row = events
+                        .get((node, serial, ROW_SEQ))
+                        .map_err(list_error)?
+                        .ok_or_else(|| corrupt_row(id, "missing".into()))?;
+                    keep(id, row.value())?;
+                    from = match (serial.checked_add(1), node.checked_add(1)) {
+                        (Some(serial), _) => Some((node, serial, 0)),
+                        (None, Some(node)) => Some((node, 0, 0)),
+                        (None, None) => None,
+                    };
+                }
             }
         }
-        Ok(summaries)
+        Ok(rows
+            .into_iter()
+            .filter(|(_, record)| include_ended || !record.ended)
+            .map(|(id, record)| record.summary(id))
+            .collect())
     }
 
     fn max_serial_sync(&self, node: u64) -> Result<u64, JournalError> {
@@ -294,16 +388,28 @@ impl RedbJournal {
             .db
             .begin_read()
             .map_err(|e| storage("reading serials")(e.into()))?;
-        let instances = read
-            .open_table(INSTANCES)
-            .map_err(|e| storage("opening instances")(e.into()))?;
-        let last = instances
-            .range((node, 0)..=(node, u64::MAX))
-            .map_err(|e| storage("reading serials")(e.into()))?
-            .next_back()
-            .transpose()
-            .map_err(|e| storage("reading serials")(e.into()))?;
-        Ok(last.map_or(0, |(key, _)| key.value().1))
+        let serial_error = |e: redb::StorageError| storage("reading serials")(e.into());
+        let last = match self.layout {
+            Layout::RowTable => read
+                .open_table(INSTANCES)
+                .map_err(|e| storage("opening instances")(e.into()))?
+                .range((node, 0)..=(node, u64::MAX))
+                .map_err(serial_error)?
+                .next_back()
+                .transpose()
+                .map_err(serial_error)?
+                .map(|(key, _)| key.value().1),
+            Layout::RowBesideEvents => read
+                .open_table(EVENTS)
+                .map_err(|e| storage("opening events")(e.into()))?
+                .range((node, 0, 0)..=(node, u64::MAX, u64::MAX))
+                .map_err(serial_error)?
+                .next_back()
+                .transpose()
+                .map_err(serial_error)?
+                .map(|(key, _)| key.value().1),
+        };
+        Ok(last.unwrap_or(0))
     }
 
     fn prune_sync(&self, before_ms: u64) -> Result<u64, JournalError> {
@@ -318,16 +424,23 @@ impl RedbJournal {
             .begin_write()
             .map_err(|e| storage("pruning")(e.into()))?;
         {
-            let mut instances = txn
-                .open_table(INSTANCES)
-                .map_err(|e| storage("pruning")(e.into()))?;
+            let mut instances = match self.layout {
+                Layout::RowTable => Some(
+                    txn.open_table(INSTANCES)
+                        .map_err(|e| storage("pruning")(e.into()))?,
+                ),
+                Layout::RowBesideEvents => None,
+            };
             let mut events = txn
                 .open_table(EVENTS)
                 .map_err(|e| storage("pruning")(e.into()))?;
             for id in &doomed {
-                instances
-                    .remove((id.node, id.serial))
-                    .map_err(|e| storage("pruning")(e.into()))?;
+                if let Some(instances) = instances.as_mut() {
+                    instances
+                        .remove((id.node, id.serial))
+                        .map_err(|e| storage("pruning")(e.into()))?;
+                }
+                // Format 2: the range ends at the row, which goes too.
                 events
                     .retain_in(
                         (id.node, id.serial, 0)..=(id.node, id.serial, u64::MAX),

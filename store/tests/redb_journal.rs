@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use shardflow_store::instance_record::{InstanceRecord, InstanceRecordV1};
+use shardflow_store::redb_journal::{FORMAT_VERSION, ROW_SEQ};
 use shardflow_store::{JournalOptions, RedbJournal};
 use shardflow_workflow::envelope::{genesis_hash, Hash};
 use shardflow_workflow::{
@@ -14,6 +16,7 @@ use shardflow_workflow::{
 const ID: WorkflowId = WorkflowId { node: 1, serial: 1 };
 const EVENTS: TableDefinition<(u64, u64, u64), &[u8]> = TableDefinition::new("journal_events");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("journal_meta");
+const INSTANCES_V1: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("journal_instances");
 const MARKER: &[u8] = b"MARKER-a1b2c3d4e5f6";
 
 fn chain(first_seq: u64, mut prev: Hash, bodies: Vec<Event>) -> Vec<SealedEvent> {
@@ -195,28 +198,208 @@ fn foreign_files_are_not_a_journal() {
 async fn newer_format_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = written_journal(dir.path()).await;
-    let db = Database::create(&path).expect("raw open");
-    let txn = db.begin_write().expect("txn");
-    {
-        let mut meta = txn.open_table(META).expect("meta");
-        let mut header = b"shardflow-journal".to_vec();
-        header.extend_from_slice(&2u32.to_le_bytes());
-        meta.insert("format", header.as_slice()).expect("insert");
-    }
-    txn.commit().expect("commit");
-    drop(db);
+    write_header(&path, FORMAT_VERSION + 1);
     let refused = RedbJournal::open(&path).err().expect("refused");
     assert!(
         matches!(
             refused,
-            JournalError::NewerFormat {
-                found: 2,
-                supported: 1,
-                ..
-            }
+            JournalError::NewerFormat { found, supported, .. }
+                if found == FORMAT_VERSION + 1 && supported == FORMAT_VERSION
         ),
         "{refused}"
     );
+}
+
+fn write_header(path: &std::path::Path, version: u32) {
+    let db = Database::create(path).expect("raw open");
+    let txn = db.begin_write().expect("txn");
+    {
+        let mut meta = txn.open_table(META).expect("meta");
+        let mut header = b"shardflow-journal".to_vec();
+        header.extend_from_slice(&version.to_le_bytes());
+        meta.insert("format", header.as_slice()).expect("insert");
+    }
+    txn.commit().expect("commit");
+}
+
+fn header_of(path: &std::path::Path) -> Vec<u8> {
+    let db = Database::create(path).expect("raw open");
+    let txn = db.begin_read().expect("txn");
+    let meta = txn.open_table(META).expect("meta");
+    let header = meta.get("format").expect("get").expect("a header");
+    header.value().to_vec()
+}
+
+fn table_names(path: &std::path::Path) -> Vec<String> {
+    use redb::TableHandle;
+    let db = Database::create(path).expect("raw open");
+    let txn = db.begin_read().expect("txn");
+    let names = txn.list_tables().expect("tables");
+    names.map(|t| t.name().to_string()).collect()
+}
+
+// Proves format 2's layout: a new journal says version 2, has no row table,
+// and keeps each instance's row right after its events, at `ROW_SEQ`, with
+// the chain head of its last event; listing walks those rows across nodes.
+#[tokio::test]
+async fn format_2_keeps_the_row_beside_the_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = written_journal(dir.path()).await;
+    let mut header = b"shardflow-journal".to_vec();
+    header.extend_from_slice(&2u32.to_le_bytes());
+    assert_eq!(header_of(&path), header);
+    let mut tables = table_names(&path);
+    tables.sort();
+    assert_eq!(tables, vec!["journal_events", "journal_meta"]);
+    let last = finish(&start()[2]).pop().expect("last event");
+    {
+        let db = Database::create(&path).expect("raw open");
+        let txn = db.begin_read().expect("txn");
+        let events = txn.open_table(EVENTS).expect("events");
+        let row = events.get((1, 1, ROW_SEQ)).expect("get").expect("the row");
+        let record = InstanceRecord::decode(row.value()).expect("a row");
+        assert_eq!(record.next_seq, 7);
+        assert_eq!(record.head, last.hash);
+        assert_eq!(record.kind, "test");
+        assert!(record.ended);
+        assert_eq!(events.len().expect("len"), 8, "7 events and the row");
+    }
+
+    // More instances, on two nodes and with a gap in the serials.
+    let journal = RedbJournal::open(&path).expect("open");
+    assert_eq!(journal.format_version(), 2);
+    let submitted = vec![start()[0].envelope.body().clone()];
+    for id in [
+        WorkflowId::new(1, 5),
+        WorkflowId::new(2, 3),
+        WorkflowId::new(0, u64::MAX),
+    ] {
+        let first = chain(0, genesis_hash(id), submitted.clone());
+        journal.append(id, 0, first).await.expect("append");
+    }
+    let listed: Vec<WorkflowId> = (journal.list(true).await.expect("list"))
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            WorkflowId::new(0, u64::MAX),
+            ID,
+            WorkflowId::new(1, 5),
+            WorkflowId::new(2, 3),
+        ]
+    );
+    assert_eq!(journal.list(false).await.expect("list").len(), 3);
+    assert_eq!(journal.max_serial(1).await.expect("serial"), 5);
+    assert_eq!(journal.max_serial(2).await.expect("serial"), 3);
+    assert_eq!(journal.max_serial(3).await.expect("serial"), 0);
+    assert_eq!(journal.read(ID).await.expect("read").len(), 7);
+    drop(journal);
+    RedbJournal::open(&path).expect("every instance verifies on open");
+}
+
+// Proves a format 2 instance whose row is gone is refused, not skipped.
+#[tokio::test]
+async fn format_2_instance_without_its_row_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = written_journal(dir.path()).await;
+    {
+        let db = Database::create(&path).expect("raw open");
+        let txn = db.begin_write().expect("txn");
+        txn.open_table(EVENTS)
+            .expect("events")
+            .remove((1, 1, ROW_SEQ))
+            .expect("remove");
+        txn.commit().expect("commit");
+    }
+    match RedbJournal::open(&path).err().expect("refused") {
+        JournalError::Corrupt(error) => {
+            assert_eq!(error.id, ID);
+            assert!(
+                error.problem.to_string().contains("instance row"),
+                "{error}"
+            );
+        }
+        other => panic!("expected Corrupt, got {other}"),
+    }
+}
+
+/// Writes `events` of `ID` as format 1 did: the row in a table of its own.
+fn write_format_1(path: &std::path::Path, events: &[SealedEvent]) {
+    let db = Database::create(path).expect("raw create");
+    let txn = db.begin_write().expect("txn");
+    {
+        let mut meta = txn.open_table(META).expect("meta");
+        let mut header = b"shardflow-journal".to_vec();
+        header.extend_from_slice(&1u32.to_le_bytes());
+        meta.insert("format", header.as_slice()).expect("header");
+        let mut table = txn.open_table(EVENTS).expect("events");
+        let mut instances = txn.open_table(INSTANCES_V1).expect("instances");
+        let mut record = InstanceRecordV1::empty(events[0].envelope.current().at_ms);
+        for event in events {
+            table
+                .insert((ID.node, ID.serial, event.seq()), event.bytes.as_slice())
+                .expect("event");
+            record.absorb(event);
+        }
+        let row = InstanceRecord::V1(record).encode();
+        instances
+            .insert((ID.node, ID.serial), row.as_slice())
+            .expect("row");
+    }
+    txn.commit().expect("commit");
+}
+
+// Proves a format 1 journal is still read, verified (its recorded head
+// too), listed, appended to in its own layout and pruned.
+#[tokio::test]
+async fn format_1_journal_is_read_and_appended_in_its_layout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("v1.redb");
+    let started = start();
+    write_format_1(&path, &started);
+    let journal = RedbJournal::open(&path).expect("a format 1 journal opens");
+    assert_eq!(journal.format_version(), 1);
+    assert_eq!(journal.read(ID).await.expect("read").len(), 3);
+    let listed = journal.list(false).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].id, listed[0].events), (ID, 3));
+    assert_eq!(journal.max_serial(1).await.expect("serial"), 1);
+    journal
+        .append(ID, 3, finish(&started[2]))
+        .await
+        .expect("append");
+    drop(journal);
+
+    let journal = RedbJournal::open(&path).expect("reopen");
+    assert_eq!(journal.read(ID).await.expect("read").len(), 7);
+    assert!(journal.list(false).await.expect("list").is_empty());
+    drop(journal);
+    let mut header = b"shardflow-journal".to_vec();
+    header.extend_from_slice(&1u32.to_le_bytes());
+    assert_eq!(header_of(&path), header, "the file keeps its format");
+    {
+        let db = Database::create(&path).expect("raw open");
+        let txn = db.begin_read().expect("txn");
+        let events = txn.open_table(EVENTS).expect("events");
+        assert!(events.get((1, 1, ROW_SEQ)).expect("get").is_none());
+        assert_eq!(events.len().expect("len"), 7);
+        let instances = txn.open_table(INSTANCES_V1).expect("instances");
+        let row = instances.get((1, 1)).expect("get").expect("the row");
+        let record = InstanceRecord::decode(row.value()).expect("a row");
+        assert_eq!(record.next_seq, 7);
+    }
+
+    let pristine = std::fs::read(&path).expect("copy");
+    tamper(&path, 6, |bytes| bytes[2] ^= 0x01);
+    assert_eq!(corrupt_at(&path), (6, Problem::HeadMismatch), "last event");
+    std::fs::write(&path, &pristine).expect("restore");
+
+    let journal = RedbJournal::open(&path).expect("open");
+    assert_eq!(journal.prune_ended(u64::MAX).await.expect("prune"), 1);
+    assert!(journal.list(true).await.expect("list").is_empty());
+    assert_eq!(journal.max_serial(1).await.expect("serial"), 0);
 }
 
 /// Rewrites one stored event through redb, as a tamperer would.

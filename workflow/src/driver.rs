@@ -114,7 +114,7 @@ impl<I: Send + Sync + 'static> Driver<I> {
         let snapshot = {
             let mut writer = self.writer.lock().await;
             writer.flush(vec![started]).await?;
-            Arc::new(writer.state().clone())
+            writer.snapshot()
         };
         let ctx = StepContext {
             id: snapshot.id,

@@ -532,7 +532,7 @@ fn refuse_if_ended(state: &WorkflowState) -> Result<(), EngineError> {
     }
 }
 
-fn placeholder_live(id: WorkflowId) -> Live {
+pub(crate) fn placeholder_live(id: WorkflowId) -> Live {
     Live {
         status: WorkflowStatus {
             id,

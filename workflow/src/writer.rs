@@ -42,8 +42,10 @@ pub fn now_ms() -> u64 {
 pub struct InstanceWriter {
     journal: Arc<dyn Journal>,
     node: u64,
-    /// Durable events folded in, then the staged ones.
-    state: WorkflowState,
+    /// Durable events folded in, then the staged ones. Shared with the
+    /// running attempt's context as its snapshot and copied on write only
+    /// while such a snapshot is alive, so a step costs no copy of the state.
+    state: Arc<WorkflowState>,
     /// The seq of the first staged event (= events durable so far).
     durable_next_seq: u64,
     /// Hash of the last durable event.
@@ -70,7 +72,7 @@ impl InstanceWriter {
             journal,
             node,
             durable_next_seq: state.next_seq,
-            state,
+            state: Arc::new(state),
             head,
             pending: Vec::new(),
             live,
@@ -154,13 +156,19 @@ impl InstanceWriter {
         &self.state
     }
 
+    /// The state as it is now, shared: the next `stage` copies it only if
+    /// the snapshot is still held then.
+    pub(crate) fn snapshot(&self) -> Arc<WorkflowState> {
+        Arc::clone(&self.state)
+    }
+
     /// Stages events for the next flush, checking each against the replay
     /// rules now (the engine never journals an event its replay would refuse).
     pub(crate) fn stage(&mut self, events: Vec<Event>) -> Result<(), EngineError> {
         let at_ms = now_ms();
         for event in events {
             let envelope = self.envelope(self.state.next_seq, [0; 32], event.clone(), at_ms);
-            self.state
+            Arc::make_mut(&mut self.state)
                 .apply(&envelope)
                 .map_err(|source| EngineError::Replay {
                     id: self.state.id,
@@ -249,7 +257,7 @@ impl InstanceWriter {
             });
         }
         self.live.send_replace(Live {
-            status: WorkflowStatus::from(&self.state),
+            status: WorkflowStatus::from(self.state.as_ref()),
             driver_error: None,
         });
     }
@@ -272,8 +280,57 @@ impl InstanceWriter {
         }
         self.head = head;
         self.durable_next_seq = verified.state.next_seq;
-        self.state = verified.state;
+        self.state = Arc::new(verified.state);
         let pending = std::mem::take(&mut self.pending);
         self.stage(pending.into_iter().map(|(event, _)| event).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryJournal;
+
+    // Proves the state is shared with a snapshot, not copied: a snapshot
+    // held across a flush keeps the state it was taken at (the writer copies
+    // it then), and a flush with no snapshot held changes the state in place.
+    #[tokio::test]
+    async fn a_snapshot_is_copied_only_while_it_is_held() {
+        let id = WorkflowId::new(1, 1);
+        let (live, _live) = watch::channel(crate::engine::placeholder_live(id));
+        let (progress, _) = broadcast::channel(16);
+        let submitted = Event::Submitted {
+            kind: "k".into(),
+            definition_version: 1,
+            input: Vec::new(),
+            plan: vec!["a".into()],
+        };
+        let journal = Arc::new(MemoryJournal::default());
+        let mut writer = InstanceWriter::create(journal, 1, id, submitted, live, progress)
+            .await
+            .expect("create");
+        let held = writer.snapshot();
+        let started = Event::StepStarted {
+            step: "a".into(),
+            attempt: 1,
+        };
+        writer.flush(vec![started]).await.expect("flush");
+        assert_eq!(
+            held.next_seq, 2,
+            "the snapshot is the state it was taken at"
+        );
+        assert_eq!(writer.state().next_seq, 3);
+        drop(held);
+
+        let shared = writer.snapshot();
+        let at = Arc::as_ptr(&shared);
+        drop(shared);
+        let succeeded = Event::StepSucceeded {
+            step: "a".into(),
+            output: Vec::new(),
+        };
+        writer.flush(vec![succeeded]).await.expect("flush");
+        assert_eq!(writer.state().next_seq, 4);
+        assert_eq!(Arc::as_ptr(&writer.snapshot()), at, "changed in place");
     }
 }

@@ -258,3 +258,73 @@ async fn ended_instances_are_pruned_only_by_explicit_retention() {
         .collect();
     assert_eq!(left, vec![running]);
 }
+
+/// What a step's context showed: its state's next seq, its last checkpoint.
+type Seen = Arc<std::sync::Mutex<Vec<(u64, Option<Vec<u8>>)>>>;
+
+/// A step that checkpoints once and reports what its context showed.
+struct Checkpointing(Seen);
+
+#[async_trait::async_trait]
+impl shardflow_workflow::Step<()> for Checkpointing {
+    fn name(&self) -> &'static str {
+        "only"
+    }
+    async fn run(
+        &self,
+        ctx: &shardflow_workflow::StepContext<()>,
+    ) -> Result<Vec<u8>, shardflow_workflow::StepError> {
+        let before = (
+            ctx.state().next_seq,
+            ctx.last_checkpoint().map(<[u8]>::to_vec),
+        );
+        ctx.checkpoint(vec![7]).await?;
+        let after = (
+            ctx.state().next_seq,
+            ctx.last_checkpoint().map(<[u8]>::to_vec),
+        );
+        self.0.lock().expect("seen").extend([before, after]);
+        Ok(Vec::new())
+    }
+    async fn compensate(
+        &self,
+        _: &shardflow_workflow::StepContext<()>,
+    ) -> Result<(), shardflow_workflow::StepError> {
+        Ok(())
+    }
+}
+
+struct OneCheckpoint(Seen);
+
+impl shardflow_workflow::Workflow for OneCheckpoint {
+    type Input = ();
+    const KIND: &'static str = "one-checkpoint";
+    fn steps(&self) -> Vec<Arc<dyn shardflow_workflow::Step<()>>> {
+        vec![Arc::new(Checkpointing(Arc::clone(&self.0)))]
+    }
+}
+
+// Proves a step's context shows the state as it was when the attempt began,
+// even after the step journals a checkpoint (the writer's state moves on,
+// the attempt's snapshot does not), and the checkpoint is journaled.
+#[tokio::test]
+async fn step_context_state_is_the_state_when_the_attempt_began() {
+    let journal = Arc::new(MemoryJournal::default());
+    let engine = engine(&journal);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    engine.register(OneCheckpoint(Arc::clone(&seen)));
+    let id = engine.submit::<OneCheckpoint>(()).await.expect("submit");
+    let status = engine.wait(id).await.expect("wait");
+    assert_eq!(status.phase, Phase::Completed);
+    // Submitted, DriverStarted, StepStarted: the attempt began at seq 3.
+    let seen = seen.lock().expect("seen").clone();
+    assert_eq!(seen, vec![(3, None), (3, None)]);
+    let events = engine.events(id).await.expect("events");
+    assert!(events
+        .iter()
+        .any(|e| matches!(e.body(), Event::Checkpoint { progress, .. } if progress == &[7])));
+    assert_eq!(
+        replay(id, &events).expect("replays").steps[0].checkpoints,
+        1
+    );
+}
