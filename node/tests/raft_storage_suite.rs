@@ -18,6 +18,7 @@ use shardflow_node::raft::types::{
 };
 use shardflow_node::raft::{
     group_storage, LogStore, NodeAddr, ReadError, StateMachineStore, TypeConfig,
+    MAX_REPLICATION_BYTES,
 };
 use shardflow_node::vshard::{vshard_of, VSHARDS};
 use shardflow_store::raft_store::Durability;
@@ -513,4 +514,31 @@ async fn log_vote_and_state_survive_reopen() {
         None
     );
     assert_eq!(other_sm.applied_state().await.expect("applied").0, None);
+}
+
+/// What replication reads for one AppendEntries stays within
+/// `MAX_REPLICATION_BYTES` of entries (large copy chunks must not add up
+/// to more than a transport frame for a lagging follower); a plain read
+/// of the same range returns it whole.
+#[tokio::test]
+async fn replication_reads_are_capped_by_bytes() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let store = RaftStore::open(dir.path().join("raft.redb")).expect("open");
+    let (mut log, _sm) = group_storage(&store, 1);
+    // Each entry a little over a quarter of the cap: three fit, four do not.
+    let value = vec![7u8; MAX_REPLICATION_BYTES / 4];
+    let entries: Vec<Entry> = (1..=8)
+        .map(|i| normal(i, Command::put(format!("k{i}").into_bytes(), value.clone())))
+        .collect();
+    log.blocking_append(entries).await.expect("append");
+    let limited = log.limited_get_log_entries(1, 9).await.expect("limited");
+    let indexes: Vec<u64> = limited.iter().map(|e| e.log_id.index).collect();
+    assert_eq!(indexes, vec![1, 2, 3]);
+    let from_six = log.limited_get_log_entries(6, 9).await.expect("limited");
+    let indexes: Vec<u64> = from_six.iter().map(|e| e.log_id.index).collect();
+    assert_eq!(indexes, vec![6, 7, 8]);
+    let last = log.limited_get_log_entries(8, 9).await.expect("limited");
+    assert_eq!(last.len(), 1);
+    let whole = log.try_get_log_entries(1..9).await.expect("whole");
+    assert_eq!(whole.len(), 8);
 }

@@ -297,6 +297,18 @@ impl GroupStore {
 
     /// The log entries with `start <= index < end`, in index order.
     pub fn read_log(&self, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, RaftStoreError> {
+        self.read_log_limited(start, end, usize::MAX)
+    }
+
+    /// The first log entries with `start <= index < end`, in index order,
+    /// as many as fit in `max_bytes` of stored bytes, but at least one if
+    /// the range holds any (a single entry may exceed the limit).
+    pub fn read_log_limited(
+        &self,
+        start: u64,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, RaftStoreError> {
         const DOING: &str = "reading log entries";
         if start >= end {
             return Ok(Vec::new());
@@ -304,12 +316,18 @@ impl GroupStore {
         let read = self.db.begin_read().doing(self.group, DOING)?;
         let log = read.open_table(LOG).doing(self.group, DOING)?;
         let mut entries = Vec::new();
+        let mut bytes = 0usize;
         for row in log
             .range((self.group, start)..(self.group, end))
             .doing(self.group, DOING)?
         {
             let (key, value) = row.doing(self.group, DOING)?;
-            entries.push((key.value().1, value.value().to_vec()));
+            let value = value.value();
+            bytes = bytes.saturating_add(value.len());
+            if bytes > max_bytes && !entries.is_empty() {
+                break;
+            }
+            entries.push((key.value().1, value.to_vec()));
         }
         Ok(entries)
     }
@@ -517,6 +535,33 @@ mod tests {
             group.raft_meta("last_purged").expect("meta"),
             Some(b"3".to_vec())
         );
+    }
+
+    /// A limited read stops before the entry that would pass the byte
+    /// limit, returns one entry even if it alone passes it, and nothing
+    /// for an empty range.
+    #[test]
+    fn log_read_limited_by_bytes() {
+        let (_dir, store) = temp_store();
+        let group = store.group(3);
+        let entries: Vec<(u64, Vec<u8>)> = (1..=6).map(|i| (i, vec![i as u8; 10])).collect();
+        group
+            .append_log(entries.iter().map(|(i, b)| (*i, b.as_slice())))
+            .expect("append");
+        let indexes = |rows: Vec<(u64, Vec<u8>)>| rows.into_iter().map(|(i, _)| i).collect();
+        let read =
+            |start, end, max| indexes(group.read_log_limited(start, end, max).expect("read"));
+        let all: Vec<u64> = read(1, 7, usize::MAX);
+        assert_eq!(all, vec![1, 2, 3, 4, 5, 6]);
+        let three: Vec<u64> = read(2, 7, 30);
+        assert_eq!(three, vec![2, 3, 4], "exactly at the limit");
+        let two: Vec<u64> = read(2, 7, 29);
+        assert_eq!(two, vec![2, 3]);
+        let one: Vec<u64> = read(4, 7, 1);
+        assert_eq!(one, vec![4], "one entry over the limit");
+        let bounded: Vec<u64> = read(5, 6, usize::MAX);
+        assert_eq!(bounded, vec![5], "the end stays exclusive");
+        assert!(group.read_log_limited(3, 3, 100).expect("empty").is_empty());
     }
 
     /// Scans page through one vShard in key order and stop at its end;

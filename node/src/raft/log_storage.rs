@@ -11,6 +11,10 @@
 //!   transaction, under its own key (never shared with another log id).
 //! - An entry read back must carry the index it is stored under; a mismatch
 //!   is a typed corruption error, never a panic.
+//! - Replication reads (`limited_get_log_entries`) return at most
+//!   [`MAX_REPLICATION_BYTES`] of stored entries (at least one entry), so an
+//!   AppendEntries batch to a lagging follower stays well inside the
+//!   transport's frame limit however large the entries (copy chunks) are.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -26,6 +30,15 @@ use super::records::{
     COMMITTED_KEY, LAST_PURGED_KEY, VOTE_KEY,
 };
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+/// The most stored entry bytes one replication read returns (a single
+/// larger entry is returned alone). openraft's `max_payload_entries`
+/// bounds the count of an AppendEntries, this its bytes: far below the
+/// transport's frame limit (16 MiB), and small enough that a follower
+/// receives and fsyncs it within openraft's AppendEntries timeout (one
+/// heartbeat interval) on a busy disk, so a lagging follower catches up in
+/// steps instead of timing out on one huge batch again and again.
+pub const MAX_REPLICATION_BYTES: usize = 2 * 1024 * 1024;
 
 /// One group's Raft log storage. Cheap to clone; clones share the store.
 #[derive(Clone)]
@@ -73,9 +86,14 @@ fn decode_stored(group: u64, index: u64, bytes: &[u8]) -> Result<Entry, RaftStor
     Ok(entry)
 }
 
-fn read_entries(store: &GroupStore, start: u64, end: u64) -> Result<Vec<Entry>, RaftStorageError> {
+fn read_entries(
+    store: &GroupStore,
+    start: u64,
+    end: u64,
+    max_bytes: usize,
+) -> Result<Vec<Entry>, RaftStorageError> {
     let group = store.group();
-    let rows = store.read_log(start, end)?;
+    let rows = store.read_log_limited(start, end, max_bytes)?;
     rows.iter()
         .map(|(index, bytes)| decode_stored(group, *index, bytes))
         .collect()
@@ -106,7 +124,25 @@ impl RaftLogReader<TypeConfig> for LogStore {
             self.group(),
             ErrorSubject::Logs,
             ErrorVerb::Read,
-            move || read_entries(&store, start, end),
+            move || read_entries(&store, start, end, usize::MAX),
+        )
+        .await
+    }
+
+    /// The first entries of `[start, end)` within [`MAX_REPLICATION_BYTES`]
+    /// (at least one): what replication sends a follower in one
+    /// AppendEntries.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let store = self.store.clone();
+        blocking(
+            self.group(),
+            ErrorSubject::Logs,
+            ErrorVerb::Read,
+            move || read_entries(&store, start, end, MAX_REPLICATION_BYTES),
         )
         .await
     }

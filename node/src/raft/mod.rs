@@ -26,7 +26,7 @@ pub mod state_machine;
 pub mod types;
 
 pub use error::RaftStorageError;
-pub use log_storage::LogStore;
+pub use log_storage::{LogStore, MAX_REPLICATION_BYTES};
 pub use state_machine::{
     ChangesError, ChangesPage, DigestAt, ExportChunk, ReadError, SnapshotBuilder, StateMachineStore,
 };

@@ -2,11 +2,15 @@
 //! (`TrackChanges`), the target starts an `Incoming` copy
 //! (`BeginIncoming`), then the vShard is copied in chunks read on the
 //! source's leader (`export_chunk`) and replicated through the target's
-//! log (`IngestChunk`), pipelined: the next chunk is exported, and the
-//! cursor after the previous one checkpointed, while a chunk is ingested.
-//! The cursor is checkpointed after every chunk (once that chunk
-//! committed), so a restart resumes the copy instead of restarting it. The
-//! lease is renewed every few chunks; a cancel is honoured between chunks.
+//! log (`IngestChunk`), pipelined: up to
+//! [`ingest_window`](super::MoveVShardConfig::ingest_window) chunks are
+//! ingested at once while the next chunk is exported and the cursor
+//! checkpointed. The cursor only passes chunks that committed, oldest
+//! first, and is checkpointed as they commit (cursors that wait behind a
+//! checkpoint being written are journaled as one), so a restart resumes the
+//! copy, at or before the first chunk not ingested, instead of restarting
+//! it. The lease is renewed every few chunks; a cancel is honoured between
+//! chunks and while chunks are in flight.
 //!
 //! **Progress.** At the start of the first attempt the source's digest
 //! gives the vShard's size (`total_keys`, `total_bytes`), checkpointed at
@@ -23,13 +27,19 @@
 //! Compensation: the abort path — commit the abort, release the source,
 //! `DropIncoming` batches on the target until it holds nothing.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use shardflow_node::command::{Command, DataOp, ResponseV1};
+use shardflow_node::migration::MigrationError;
+use shardflow_node::raft::ExportChunk;
 use shardflow_workflow::{encode_output, RetryPolicy, Step, StepError};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{key, migration_error, migration_id, Ctx, MoveVShardInput, Shared};
@@ -111,6 +121,82 @@ impl Pacer {
         self.bytes += bytes;
         let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
         Some(self.started + due)
+    }
+}
+
+/// An export of the next chunk from the source, in progress.
+type Exporting<'a> = Pin<Box<dyn Future<Output = Result<ExportChunk, MigrationError>> + Send + 'a>>;
+
+/// A checkpoint of the cursor being journaled.
+type Journaling<'a> = Pin<Box<dyn Future<Output = Result<(), StepError>> + Send + 'a>>;
+
+/// What the copy loop waited for.
+enum CopyEvent {
+    Ingested(Result<(), StepError>),
+    Exported(Result<ExportChunk, MigrationError>),
+    Journaled(Result<(), StepError>),
+    Cancelled,
+}
+
+/// Waits for the checkpoint being journaled, if any.
+async fn finish(journaling: &mut Option<Journaling<'_>>) -> Result<(), StepError> {
+    match journaling.take() {
+        Some(journaling) => journaling.await,
+        None => Ok(()),
+    }
+}
+
+/// A chunk sent to the target's log: its ingest task and what the cursor
+/// gains once it committed.
+struct Sent {
+    task: JoinHandle<Result<(), StepError>>,
+    last: Option<Vec<u8>>,
+    keys: u64,
+    bytes: u64,
+}
+
+/// The chunks being ingested, oldest first. Dropping it (the attempt ends,
+/// fails or is cancelled) aborts the ingests still running; a proposal
+/// already sent may still commit, as a dropped call's may.
+#[derive(Default)]
+struct InFlight(VecDeque<Sent>);
+
+impl InFlight {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn push(&mut self, sent: Sent) {
+        self.0.push_back(sent);
+    }
+
+    fn pop(&mut self) -> Option<Sent> {
+        self.0.pop_front()
+    }
+
+    /// Waits for the oldest chunk's ingest (never ends if none is in flight).
+    async fn oldest(&mut self) -> Result<(), StepError> {
+        let Some(sent) = self.0.front_mut() else {
+            return std::future::pending().await;
+        };
+        match (&mut sent.task).await {
+            Ok(ingested) => ingested,
+            Err(error) => Err(StepError::retryable(format!(
+                "the chunk's ingest task ended: {error}"
+            ))),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        for sent in &self.0 {
+            sent.task.abort();
+        }
     }
 }
 
@@ -233,100 +319,164 @@ impl Step<MoveVShardInput> for BaseCopy {
         };
         let mut since_renewal = 0u64;
         let mut renewed = Instant::now();
-        let export = |after_key: Option<Vec<u8>>| {
-            shared.api.export_chunk(
+        let export = |after_key: Option<Vec<u8>>| -> Exporting<'_> {
+            Box::pin(shared.api.export_chunk(
                 from,
                 input.vshard,
                 after_key,
                 shared.config.chunk_pairs,
                 chunk_bytes,
                 shared.deadline(),
-            )
+            ))
         };
-        // A pipeline of three: while chunk n is ingested through the
-        // target's log, chunk n+1 is exported from the source and the
-        // cursor after chunk n-1 is journaled. Each cursor is checkpointed
-        // only once its chunk committed, so a resume starts at or before
-        // the first chunk not yet ingested (re-ingesting a chunk overwrites
-        // it with the source's newer values; CatchUp replays every change
-        // since `since_index` on top).
-        let mut chunk = export(cursor.after_key.clone())
-            .await
-            .map_err(migration_error)?;
+        // A pipeline: up to `ingest_window` chunks are ingested through the
+        // target's log at once (each its own task, so the target group
+        // appends, replicates and applies them together instead of one
+        // commit round trip at a time), while the next chunk is exported
+        // from the source and the cursor journaled. Chunks cover disjoint
+        // key ranges, so the order in which they commit does not matter
+        // (CatchUp replays every change since `since_index` on top of
+        // them). The cursor advances only over the chunks that committed in
+        // order, from the oldest in flight, so a checkpoint never passes a
+        // chunk that did not commit and a resume starts at or before the
+        // first chunk not ingested (re-ingesting a chunk overwrites it with
+        // the source's newer values). Cursors that wait while a checkpoint
+        // is written are journaled as one: the newest. Until the attempt's
+        // first chunk committed, one chunk at a time: its checkpoint is the
+        // first sign of progress a resumed attempt gives, and it should not
+        // wait behind a batch.
+        let window = shared.config.ingest_window.max(1);
+        let mut committed = 0u64;
+        let mut in_flight = InFlight::default();
+        let mut exporting: Option<Exporting<'_>> = Some(export(cursor.after_key.clone()));
+        let mut ready: Option<ExportChunk> = None;
+        // The last key of the last chunk sent (the next export starts after it).
+        let mut sent_up_to = cursor.after_key.clone();
+        let mut sent = cursor.chunks;
+        let mut journaling: Option<Journaling<'_>> = None;
         let mut unjournaled: Option<Vec<u8>> = None;
         loop {
             if ctx.is_cancelled() {
                 return Err(StepError::Cancelled);
             }
-            if chunk.migration != migration {
-                return Err(StepError::terminal(format!(
-                    "the source tracks migration {}, not {migration}",
-                    chunk.migration
-                )));
+            if journaling.is_none() {
+                journaling = (unjournaled.take())
+                    .map(|progress| -> Journaling<'_> { Box::pin(ctx.checkpoint(progress)) });
             }
-            let more = chunk.more;
-            if chunk.pairs.is_empty() {
-                if !more {
-                    break;
+            // Send what is exported while the window has room.
+            let room = if committed == 0 { 1 } else { window };
+            while in_flight.len() < room {
+                let Some(chunk) = ready.take() else { break };
+                if chunk.migration != migration {
+                    return Err(StepError::terminal(format!(
+                        "the source tracks migration {}, not {migration}",
+                        chunk.migration
+                    )));
                 }
-                chunk = export(cursor.after_key.clone())
-                    .await
-                    .map_err(migration_error)?;
-                continue;
-            }
-            let last = chunk.pairs.last().map(|(k, _)| k.clone());
-            let bytes: u64 = (chunk.pairs.iter())
-                .map(|(k, v)| (k.len() + v.len()) as u64)
-                .sum();
-            let keys = chunk.pairs.len() as u64;
-            if let Some(due) = pacer.due(bytes) {
-                // Honour the rate limit before sending.
-                self.wait_until(ctx, due, &mut renewed).await?;
-            }
-            let ingest = DataOp::IngestChunk {
-                vshard: input.vshard,
-                migration: migration.clone(),
-                pairs: chunk.pairs,
-            };
-            // One key per chunk of an attempt: a resumed attempt re-exports
-            // from its cursor, and its chunks must be ingested, not answered
-            // from an earlier attempt's chunk that may have other bounds.
-            let chunk_key = key(ctx, &format!("chunk/{}/{}", ctx.attempt(), cursor.chunks));
-            let ingested = shared.propose_ok(input.to_group, Command::data(ingest), chunk_key);
-            let next = async {
-                match more {
-                    true => Some(export(last.clone()).await.map_err(migration_error)),
-                    false => None,
+                if chunk.pairs.is_empty() {
+                    if chunk.more {
+                        exporting = Some(export(sent_up_to.clone()));
+                    }
+                    continue;
                 }
-            };
-            let journaled = async {
-                match unjournaled.take() {
-                    Some(progress) => ctx.checkpoint(progress).await,
-                    None => Ok(()),
+                let last = chunk.pairs.last().map(|(k, _)| k.clone());
+                let bytes: u64 = (chunk.pairs.iter())
+                    .map(|(k, v)| (k.len() + v.len()) as u64)
+                    .sum();
+                let keys = chunk.pairs.len() as u64;
+                if let Some(due) = pacer.due(bytes) {
+                    // Honour the rate limit before sending (the cursor's
+                    // checkpoint goes on meanwhile).
+                    let (waited, journaled) = tokio::join!(
+                        self.wait_until(ctx, due, &mut renewed),
+                        finish(&mut journaling)
+                    );
+                    waited?;
+                    journaled?;
                 }
+                if chunk.more {
+                    exporting = Some(export(last.clone()));
+                }
+                let ingest = DataOp::IngestChunk {
+                    vshard: input.vshard,
+                    migration: migration.clone(),
+                    pairs: chunk.pairs,
+                };
+                // One key per chunk of an attempt: a resumed attempt
+                // re-exports from its cursor, and its chunks must be
+                // ingested, not answered from an earlier attempt's chunk
+                // that may have other bounds.
+                let chunk_key = key(ctx, &format!("chunk/{}/{sent}", ctx.attempt()));
+                sent += 1;
+                let task_shared = Arc::clone(shared);
+                let to_group = input.to_group;
+                let task = tokio::spawn(async move {
+                    (task_shared.propose_ok(to_group, Command::data(ingest), chunk_key))
+                        .await
+                        .map(|_| ())
+                });
+                in_flight.push(Sent {
+                    task,
+                    last: last.clone(),
+                    keys,
+                    bytes,
+                });
+                sent_up_to = last;
+            }
+            if in_flight.is_empty() && ready.is_none() && exporting.is_none() {
+                break;
+            }
+            let event = tokio::select! {
+                ingested = in_flight.oldest(), if !in_flight.is_empty() => {
+                    CopyEvent::Ingested(ingested)
+                }
+                exported = async { exporting.as_mut().expect("exporting").await },
+                    if exporting.is_some() && ready.is_none() =>
+                {
+                    CopyEvent::Exported(exported)
+                }
+                journaled = async { journaling.as_mut().expect("journaling").await },
+                    if journaling.is_some() =>
+                {
+                    CopyEvent::Journaled(journaled)
+                }
+                () = ctx.cancelled() => CopyEvent::Cancelled,
             };
-            let (ingested, next, journaled) = tokio::join!(ingested, next, journaled);
-            ingested?;
-            journaled?;
-            cursor.after_key = last;
-            cursor.chunks += 1;
-            cursor.keys += keys;
-            cursor.bytes += bytes;
-            unjournaled = Some(cursor.encode()?);
-            since_renewal += 1;
-            if since_renewal >= shared.config.renew_every_chunks
-                || renewed.elapsed() >= renew_period(ctx)
-            {
-                since_renewal = 0;
-                shared.renew(ctx).await?;
-                renewed = Instant::now();
+            match event {
+                CopyEvent::Exported(exported) => {
+                    exporting = None;
+                    ready = Some(exported.map_err(migration_error)?);
+                }
+                CopyEvent::Journaled(journaled) => {
+                    journaling = None;
+                    journaled?;
+                }
+                CopyEvent::Cancelled => return Err(StepError::Cancelled),
+                CopyEvent::Ingested(ingested) => {
+                    let done = in_flight.pop().expect("the oldest chunk in flight");
+                    ingested?;
+                    committed += 1;
+                    cursor.after_key = done.last;
+                    cursor.chunks += 1;
+                    cursor.keys += done.keys;
+                    cursor.bytes += done.bytes;
+                    unjournaled = Some(cursor.encode()?);
+                    since_renewal += 1;
+                    if since_renewal >= shared.config.renew_every_chunks
+                        || renewed.elapsed() >= renew_period(ctx)
+                    {
+                        since_renewal = 0;
+                        let (renewal, journaled) =
+                            tokio::join!(shared.renew(ctx), finish(&mut journaling));
+                        renewal?;
+                        journaled?;
+                        renewed = Instant::now();
+                    }
+                    failpoint!("vshard.copy.between-chunks");
+                }
             }
-            match next {
-                Some(next) => chunk = next?,
-                None => break,
-            }
-            failpoint!("vshard.copy.between-chunks");
         }
+        finish(&mut journaling).await?;
         if let Some(progress) = unjournaled {
             ctx.checkpoint(progress).await?;
         }

@@ -56,6 +56,10 @@ pub struct MoveVShardConfig {
     /// (`None`: unlimited). BaseCopy paces its chunks so the average rate
     /// of an attempt stays at or under it.
     pub copy_bytes_per_sec: Option<u64>,
+    /// Base-copy chunks ingested through the target's log at once (at
+    /// least 1). Chunks cover disjoint key ranges; the cursor only passes
+    /// the chunks that committed, oldest first.
+    pub ingest_window: usize,
     /// Renew the lease every this many chunks.
     pub renew_every_chunks: u64,
     /// Changes fetched per catch-up round.
@@ -89,6 +93,7 @@ impl Default for MoveVShardConfig {
             chunk_pairs: 512,
             chunk_bytes: 256 * 1024,
             copy_bytes_per_sec: None,
+            ingest_window: 4,
             renew_every_chunks: 8,
             changes_per_round: 1_000,
             lag_threshold: 64,
