@@ -220,6 +220,48 @@ async fn source_reads_through_a_follower_reach_the_leader() {
     );
     assert!(status.applied_index >= fence_index);
 
+    // A client write to the fenced vShard, sent to the group's leader, is
+    // answered `Fenced` from the applied state: nothing enters the log.
+    let leader = api
+        .replication(1, soon())
+        .await
+        .expect("replication")
+        .leader;
+    let log_length = || {
+        (cluster.node(leader).raft(1))
+            .expect("the leader runs group 1")
+            .metrics()
+            .borrow()
+            .last_log_index
+    };
+    let before = log_length();
+    for attempt in 0..5 {
+        let put = ClientRequest::Put {
+            key: keys[0].clone(),
+            value: format!("fenced {attempt}").into_bytes(),
+            epoch: 0,
+        };
+        let answer = cluster
+            .admin
+            .call_typed::<_, NodeResponse>(
+                cluster.node(leader).local_addr(),
+                &NodeRequest::V1(NodeRequestV1::Client(put)),
+            )
+            .await
+            .expect("an answer");
+        let NodeResponse::V1(NodeResponseV1::Client(answer)) = answer else {
+            panic!("not a client answer: {answer:?}");
+        };
+        assert_eq!(
+            answer,
+            ClientResponse::Fenced {
+                vshard,
+                migration: migration.clone()
+            }
+        );
+    }
+    assert_eq!(log_length(), before, "a refused write proposed nothing");
+
     // Changes ask a cursor the table no longer covers: terminal.
     let gone = api.changes_after(1, vshard, 0, 10, soon()).await;
     assert!(
