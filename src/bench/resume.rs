@@ -41,6 +41,10 @@ pub struct ResumeFigures {
     /// Of `resume_ms`: the retry backoff the engine waited between
     /// journaling the interrupted attempt and starting the next one, ms.
     pub backoff_ms: f64,
+    /// Of `resume_ms`: from groups ready to the re-run attempt's start
+    /// (its `StepStarted`), ms (0 if it started first); the rest is the
+    /// attempt's own work up to its first progress.
+    pub to_attempt_ms: f64,
     /// The step that was in flight when the node stopped.
     pub step: String,
 }
@@ -71,7 +75,10 @@ pub async fn measure(
         Ok(at_ms) => at_ms,
         Err(error) => return Err(stuck(&engine, id, error).await),
     };
-    let backoff_ms = retry_backoff_ms(&engine.events(id).await?);
+    let events = engine.events(id).await?;
+    let backoff_ms = retry_backoff_ms(&events);
+    let to_attempt_ms = attempt_started_at_ms(&events)
+        .map_or(0.0, |at_ms| at_ms.saturating_sub(ready_at_ms) as f64);
     settle(&engine, id).await?;
     mover.moved();
     Ok(ResumeFigures {
@@ -79,6 +86,7 @@ pub async fn measure(
         ready_ms,
         resume_ms: resumed_at_ms.saturating_sub(ready_at_ms) as f64,
         backoff_ms,
+        to_attempt_ms,
         step,
     })
 }
@@ -163,6 +171,18 @@ async fn stuck(engine: &Engine, id: WorkflowId, error: BenchError) -> BenchError
         "{error}; {id} since its restart: {}",
         since.join(", ")
     ))
+}
+
+/// The journal time of the first attempt started after the last
+/// `DriverStarted`.
+fn attempt_started_at_ms(events: &[Envelope]) -> Option<u64> {
+    let restart = (events.iter()).rposition(|e| matches!(body(e), Event::DriverStarted { .. }))?;
+    events[restart..].iter().find_map(|e| match body(e) {
+        Event::StepStarted { .. } | Event::CompensationStepStarted { .. } => {
+            Some(e.current().at_ms)
+        }
+        _ => None,
+    })
 }
 
 /// From the failure journaled for the interrupted attempt (right after

@@ -306,6 +306,10 @@ fn detail_table(figures: &Figures) -> Table {
         "of resume_ms: the engine's retry backoff, ms",
         number(resume.backoff_ms),
     );
+    row(
+        "of resume_ms: groups ready -> the re-run attempt started, ms",
+        number(resume.to_attempt_ms),
+    );
     row("step in flight at the restart", resume.step.clone());
     table
 }
