@@ -73,6 +73,8 @@ pub struct BenchOptions {
     /// The base copy's rate limit on every node, bytes per second (`None`:
     /// unlimited, as `shardflow node` without `--copy-rate`).
     pub copy_rate: Option<u64>,
+    /// Base-copy chunks in flight per migration (`None`: the default).
+    pub ingest_window: Option<usize>,
     /// Where the bench's files go (a fresh directory inside it, removed at
     /// the end); `None`: the system's temporary directory.
     pub dir: Option<PathBuf>,
@@ -88,6 +90,7 @@ impl Default for BenchOptions {
             writers: 64,
             replay_events: 1_000_000,
             copy_rate: None,
+            ingest_window: None,
             dir: None,
         }
     }
@@ -200,7 +203,7 @@ pub async fn run(options: &BenchOptions, observer: &dyn Observer) -> Result<Figu
     };
 
     observer.stage(2);
-    let cluster_options = cluster_options(options.copy_rate);
+    let cluster_options = cluster_options(options.copy_rate, options.ingest_window);
     let mut cluster = EmbeddedCluster::start(&path.join("cluster"), cluster_options).await?;
     let measured = on_cluster(&mut cluster, options, &pairs, &copy, observer).await;
     cluster.shutdown().await;
@@ -294,7 +297,7 @@ async fn on_cluster(
 /// ghost time to live (the source's copy is dropped 200 ms after the
 /// cut-over, so the vShard can move back at once), the copy rate limited
 /// only if asked.
-fn cluster_options(copy_rate: Option<u64>) -> EmbeddedOptions {
+fn cluster_options(copy_rate: Option<u64>, ingest_window: Option<usize>) -> EmbeddedOptions {
     EmbeddedOptions {
         nodes: 3,
         groups: GROUPS,
@@ -307,6 +310,7 @@ fn cluster_options(copy_rate: Option<u64>) -> EmbeddedOptions {
         },
         limits: MigrationLimits {
             copy_bytes_per_sec: copy_rate,
+            copy_ingest_window: ingest_window,
             ..MigrationLimits::default()
         },
         ..EmbeddedOptions::default()

@@ -144,6 +144,10 @@ pub struct BenchArgs {
     /// `shardflow node --copy-rate` does (default: unlimited).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub copy_rate: Option<u64>,
+    /// Base-copy chunks a migration ingests at once (default: the
+    /// workflow's, 1).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub ingest_window: Option<u32>,
     /// Where to put the cluster's files (a fresh directory inside it,
     /// removed at the end; default: the system's temporary directory).
     #[arg(long)]

@@ -23,6 +23,7 @@ pub fn run(args: BenchArgs) -> Result<Output, CliError> {
         writers: usize_of(args.writers),
         replay_events: args.replay_events,
         copy_rate: args.copy_rate,
+        ingest_window: args.ingest_window.map(|w| w as usize),
         dir: args.dir,
     };
     let progress = Progress::new();

@@ -40,6 +40,7 @@ pub fn run(args: NodeArgs) -> Result<Output, CliError> {
         max_concurrent: settings.max_migrations,
         copy_bytes_per_sec: settings.copy_rate,
         default_pause_budget_ms: settings.pause_budget_ms,
+        ..MigrationLimits::default()
     };
     config.migration.ghost_ttl = Duration::from_millis(settings.ghost_ttl_ms);
     runtime()?.block_on(serve(config, json))

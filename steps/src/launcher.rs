@@ -26,13 +26,17 @@ pub const DEFAULT_LEASE_MS: u64 = 15_000;
 /// installs the launcher.
 pub fn install(node: &Node) {
     let limits = node.limits().clone();
+    let defaults = MoveVShardConfig::default();
     let vshard = MoveVShardConfig {
         max_concurrent: limits.max_concurrent,
         copy_bytes_per_sec: limits.copy_bytes_per_sec,
+        ingest_window: (limits.copy_ingest_window)
+            .unwrap_or(defaults.ingest_window)
+            .max(1),
         // Cleanup deletes the ghost itself once the node's TTL has passed
         // (the reactor does too, if this driver is gone).
         ghost_ttl: Some(node.migration_timings().ghost_ttl),
-        ..MoveVShardConfig::default()
+        ..defaults
     };
     install_with(node, vshard, MoveReplicaConfig::default());
 }

@@ -95,6 +95,9 @@ pub struct MigrationLimits {
     /// The base copy's rate, in key and value bytes per second (`None`:
     /// unlimited).
     pub copy_bytes_per_sec: Option<u64>,
+    /// How many base-copy chunks a migration this node drives ingests at
+    /// once (`None`: the workflow's default).
+    pub copy_ingest_window: Option<usize>,
     /// The write-pause budget of a `migrate vshard` that names none.
     pub default_pause_budget_ms: u64,
 }
@@ -104,6 +107,7 @@ impl Default for MigrationLimits {
         Self {
             max_concurrent: 4,
             copy_bytes_per_sec: None,
+            copy_ingest_window: None,
             default_pause_budget_ms: 2_000,
         }
     }

@@ -58,7 +58,10 @@ pub struct MoveVShardConfig {
     pub copy_bytes_per_sec: Option<u64>,
     /// Base-copy chunks ingested through the target's log at once (at
     /// least 1). Chunks cover disjoint key ranges; the cursor only passes
-    /// the chunks that committed, oldest first.
+    /// the chunks that committed, oldest first. Default 1: more chunks in
+    /// flight copied 1.1 to 1.5x faster on the 2-core bench host but took
+    /// the foreground writers below 80 % of their rate (BENCHMARKS.md,
+    /// "The copy's ingest window").
     pub ingest_window: usize,
     /// Renew the lease every this many chunks.
     pub renew_every_chunks: u64,
@@ -93,7 +96,7 @@ impl Default for MoveVShardConfig {
             chunk_pairs: 512,
             chunk_bytes: 256 * 1024,
             copy_bytes_per_sec: None,
-            ingest_window: 4,
+            ingest_window: 1,
             renew_every_chunks: 8,
             changes_per_round: 1_000,
             lag_threshold: 64,
